@@ -76,16 +76,20 @@ def make_runner(mode: str, step_fn: Callable, devices: tuple, batch_size: int) -
     n = len(devices)
     step = jax.pmap(functools.partial(multi_step, step_fn, axis_name=AXIS), axis_name=AXIS,
                     in_axes=(0, 0, None), donate_argnums=0, devices=devices)
+    # pmap's per-device leading axis, laid out as one array sharded over it.
+    per_device = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
+
+    def put_state(s):
+      return jax.device_put(
+          jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), s), per_device)
 
     def put_batches(b):
       # [K, B, ...] -> [D, K, B/D, ...]: device d gets examples d*B/D .. (d+1)*B/D - 1.
       def split(x):
-        x = x.reshape(x.shape[0], n, x.shape[1] // n, *x.shape[2:])
-        return np.swapaxes(x, 0, 1)
-      return jax.tree.map(lambda x: jax.device_put_sharded(list(split(x)), devices), b)
+        return np.swapaxes(x.reshape(x.shape[0], n, x.shape[1] // n, *x.shape[2:]), 0, 1)
+      return jax.device_put(jax.tree.map(split, b), per_device)
 
-    return Runner(mode, devices, step,
-                  put_state=lambda s: jax.device_put_replicated(s, devices),
+    return Runner(mode, devices, step, put_state=put_state,
                   get_state=lambda s: _host(jax.tree.map(lambda x: x[0], s)),
                   put_batches=put_batches,
                   get_metrics=lambda m: _host(jax.tree.map(lambda x: x[0], m)))

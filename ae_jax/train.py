@@ -174,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   restored = checkpoint.restore_latest(mngr, state)
-  start_step = 0
+  start_step, log_window = 0, {"steps": 0, "sums": {}}
   if restored is not None:
     host_state, meta = restored
     if meta["steps_per_epoch"] != steps_per_epoch or meta["batch_size"] != config.batch_size:
@@ -184,6 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"and {steps_per_epoch}: use a new workdir")
     state = state.replace(**{k: getattr(host_state, k) for k in ("step", "params", "opt_state")})
     start_step = int(host_state.step)
+    log_window = meta["log_window"]  # the partial mean since the last log line
 
   n_params = {"encoder": models.count_params(state.params["encoder"]),
               "decoder": models.count_params(state.params["decoder"]),
@@ -221,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dstate = runner.put_state(state)
 
   step, order_epoch, order = start_step, -1, None
-  window = {"t": time.perf_counter(), "steps": 0, "sums": {}}
+  window = {"t": time.perf_counter(), "timed": 0, **log_window}  # timed: steps run since t
   last_eval = None
   pending = None  # (first step, device metrics) of the call in flight
 
@@ -235,19 +236,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"loss is {m['loss'][bad.argmax()]} at step {first + int(bad.argmax()) + 1}; "
           f"stopping (last checkpoint: step {mngr.latest_step()})")
     window["steps"] += k
+    window["timed"] += k
     for name, v in m.items():
       window["sums"][name] = window["sums"].get(name, 0.0) + float(np.sum(v, dtype=np.float64))
     end = first + k
     if end // config.log_every_steps > first // config.log_every_steps or end == total_steps:
       now = time.perf_counter()
-      rate = window["steps"] * config.batch_size / (now - window["t"])
+      rate = window["timed"] * config.batch_size / (now - window["t"])
       means = {f"train_{n}": s / window["steps"] for n, s in window["sums"].items()}
       writer.write(end, "train", {**means, "images_per_sec": rate, "epoch": end / steps_per_epoch})
       eta = (total_steps - end) * config.batch_size / rate
       logging.info("step %d/%d (epoch %.2f) loss %.5f mse %.5f | %.0f img/s | ETA %s", end,
                    total_steps, end / steps_per_epoch, means["train_loss"], means["train_mse"],
                    rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
-      window.update(t=now, steps=0, sums={})
+      window.update(t=now, timed=0, steps=0, sums={})
 
   while step < total_steps:
     epoch = step // steps_per_epoch
@@ -278,11 +280,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info("eval at step %d (epoch %d): %s", step, step // steps_per_epoch,
                    ", ".join(f"{k} {v:.5f}" for k, v in last_eval.items()
                              if k.endswith(("mse", "psnr", "loss"))))
-      window["t"] = time.perf_counter()  # eval time is not training throughput
+      window.update(t=time.perf_counter(), timed=0)  # eval time is not training throughput
     checkpoint.save(mngr, step, host_state, {
         "step": step, "epoch": step // steps_per_epoch,
         "position_in_epoch": step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
         "batch_size": config.batch_size, "num_train": n_train,
+        "log_window": {"steps": window["steps"], "sums": window["sums"]},
         "config": json.loads(config.to_json_best_effort())})
 
   mngr.wait_until_finished()

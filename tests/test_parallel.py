@@ -1,0 +1,81 @@
+"""jit, pmap and mesh wrappers over one pure step agree with single-device training."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from ae_jax import config as config_lib, models, noise, parallel, train
+from conftest import rel_err
+
+STEPS, BATCH = 4, 16
+
+
+def _run(mode, devices, steps_per_call=1, kind="gaussian"):
+  cfg = config_lib.get_default()
+  cfg.noise.kind = kind
+  model = models.Autoencoder()
+  state = train.create_train_state(model, cfg, jax.random.key(0))
+  step_fn = functools.partial(train.train_step, loss="mse", corrupt=noise.corruption_fn(cfg.noise))
+  runner = parallel.make_runner(mode, step_fn, devices, BATCH)
+  images = np.asarray(jax.random.uniform(jax.random.key(1), (STEPS, BATCH, 28, 28, 1)))
+  dstate, losses = runner.put_state(state), []
+  for start in range(0, STEPS, steps_per_call):
+    batches = {"image": images[start:start + steps_per_call]}
+    dstate, m = runner.step(dstate, runner.put_batches(batches), jax.random.key(2))
+    losses += list(runner.get_metrics(m)["loss"])
+  return runner.get_state(dstate), np.asarray(losses)
+
+
+@pytest.fixture(scope="module")
+def single():
+  return _run("jit", tuple(jax.devices()[:1]))
+
+
+def test_four_cpu_devices_present():
+  assert len(jax.devices()) == 4
+
+
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_wrappers_agree_with_single_device(single, mode):
+  ref_state, ref_losses = single
+  state, losses = _run(mode, tuple(jax.devices()))
+  assert int(state.step) == STEPS
+  err = rel_err(state.params, ref_state.params)
+  assert err < 1e-5, f"{mode}: relative parameter difference {err:.2e}"
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  # Training moved the parameters far more than the tolerance.
+  init = train.create_train_state(models.Autoencoder(), config_lib.get_default(), jax.random.key(0))
+  assert rel_err(init.params, ref_state.params) > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_scan_driver_agrees_with_per_step(single, mode):
+  ref_state, ref_losses = single
+  devices = tuple(jax.devices()[:1]) if mode == "jit" else tuple(jax.devices())
+  state, losses = _run(mode, devices, steps_per_call=2)
+  assert rel_err(state.params, ref_state.params) < 1e-5
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+
+def test_two_devices_agree_too(single):
+  state, _ = _run("pmap", tuple(jax.devices()[:2]))
+  assert rel_err(state.params, single[0].params) < 1e-5
+
+
+def test_indivisible_batch_is_refused():
+  step_fn = functools.partial(train.train_step, loss="mse")
+  with pytest.raises(ValueError, match=r"batch_size=30: does not divide across 4 devices "
+                                       r"\(parallel='pmap'\); use a multiple of 4"):
+    parallel.make_runner("pmap", step_fn, tuple(jax.devices()), 30)
+
+
+def test_jit_needs_one_device_and_unknown_mode():
+  step_fn = functools.partial(train.train_step, loss="mse")
+  with pytest.raises(ValueError, match="parallel='jit' runs on one device"):
+    parallel.make_runner("jit", step_fn, tuple(jax.devices()), 32)
+  with pytest.raises(ValueError, match="parallel='dp'"):
+    parallel.make_runner("dp", step_fn, tuple(jax.devices()[:1]), 32)
+  with pytest.raises(ValueError, match="num_devices=8: only 4 local devices"):
+    parallel.select_devices(8)
