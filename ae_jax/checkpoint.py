@@ -1,35 +1,120 @@
 """Orbax checkpoints of everything a run needs to continue: train state, data position, config."""
 
 import os
+import shutil
 
 from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+META_KEYS = ("step", "steps_per_epoch", "batch_size", "log_window", "config")
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in a workdir that has some could be restored; the message is one line."""
+
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """A manager over WORKDIR/checkpoints keeping the last `keep` steps (saves are async)."""
+  """A manager over WORKDIR/checkpoints keeping the last `keep` steps.
+
+  Saves are async and atomic (written to a temp dir, renamed when complete), so a
+  save cut short never hides the previous checkpoint; leftover temp dirs are
+  removed when the manager opens.
+  """
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True),
   )
+
+
+def _finite(tree) -> bool:
+  return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree)
+             if np.issubdtype(np.asarray(x).dtype, np.floating))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
   """Saves host `state` (numpy leaves, unreplicated) and JSON `meta` at `step`."""
   state = jax.tree.map(np.asarray, state)
+  if not _finite(state):
+    raise FloatingPointError(f"refusing to save step {step}: the state has non-finite values "
+                             f"(last checkpoint: step {mngr.latest_step()})")
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)))
 
 
-def restore_latest(mngr: ocp.CheckpointManager, target):
-  """(state, meta) of the latest checkpoint shaped like host `target`, or None if there is none."""
-  step = mngr.latest_step()
-  if step is None:
-    return None
+def restore_latest(mngr: ocp.CheckpointManager, target, check_meta=None):
+  """(state, meta, unreadable_steps) of the newest readable checkpoint, or None if there is none.
+
+  The state is shaped like host `target`. check_meta(meta) runs before the state
+  is read and may raise (an incompatible run); that error propagates. An
+  unreadable or inconsistent checkpoint is reported and the one before it tried;
+  the steps passed over are returned (see set_aside). If none is readable,
+  CheckpointError.
+  """
   target = jax.tree.map(np.asarray, target)
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                        meta=ocp.args.JsonRestore()))
-  logging.info("restored checkpoint at step %d from %s", step, mngr.directory)
-  return restored.state, restored.meta
+  problems = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      missing = [k for k in META_KEYS if k not in (meta or {})]
+      if missing:
+        raise ValueError(f"metadata lacks {missing}")
+    except Exception as e:  # pylint: disable=broad-except
+      problems.append(_report(mngr, step, e))
+      continue
+    if check_meta is not None:
+      check_meta(meta)
+    try:
+      state = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target))).state
+      if int(state.step) != step or meta["step"] != step:
+        raise ValueError(f"holds step {int(state.step)}/{meta['step']}, not {step}")
+      if not _finite(state):
+        raise ValueError("non-finite values")
+    except Exception as e:  # pylint: disable=broad-except
+      problems.append(_report(mngr, step, e))
+      continue
+    logging.info("restored checkpoint at step %d from %s", step, mngr.directory)
+    return state, meta, [int(p.split(":")[0].split()[1]) for p in problems]
+  if problems:
+    raise CheckpointError(f"no readable checkpoint in {mngr.directory}: " + "; ".join(problems))
+  return None
+
+
+def set_aside(workdir: str, steps) -> None:
+  """Moves unreadable checkpoints to WORKDIR/checkpoints_unreadable/ (kept for inspection).
+
+  Out of the manager's way, the steps they held can be saved again.
+  """
+  dest = os.path.join(workdir, "checkpoints_unreadable")
+  for step in steps:
+    os.makedirs(dest, exist_ok=True)
+    target = os.path.join(dest, str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target, suffix = os.path.join(dest, f"{step}.{suffix}"), suffix + 1
+    shutil.move(os.path.join(workdir, "checkpoints", str(step)), target)
+    logging.warning("moved unreadable checkpoint %d to %s", step, target)
+
+
+def _report(mngr, step: int, e: Exception) -> str:
+  reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+  logging.warning("checkpoint at step %d in %s is unreadable (%s); trying an older one",
+                  step, mngr.directory, reason)
+  return f"step {step}: {reason}"
+
+
+def read_latest(workdir: str):
+  """(step, state, meta) of WORKDIR's latest checkpoint as saved (nested dicts of numpy arrays)."""
+  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
+  try:
+    step = mngr.latest_step()
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {mngr.directory}")
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                          meta=ocp.args.JsonRestore()))
+    return step, jax.tree.map(np.asarray, restored.state), restored.meta
+  finally:
+    mngr.close()

@@ -6,6 +6,11 @@ from ae_jax import data, losses, models, noise
 
 PARALLEL = ("jit", "pmap", "mesh")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# Fields a rerun in the same workdir may change: they do not alter what is learned
+# (num_epochs extends a run; the rest are bookkeeping or placement).
+RESUMABLE = ("num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+             "eval_batch_size", "num_images", "parallel", "num_devices", "steps_per_call",
+             "data.dir", "data.download")
 
 
 def get_default() -> ml_collections.ConfigDict:
@@ -62,13 +67,49 @@ def _positive(field: str, value) -> None:
     raise ValueError(f"{field}={value!r}: expected a positive integer")
 
 
+def _number(field: str, value, lo=None, hi=None, what="a number") -> None:
+  ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+  if not ok or (lo is not None and value < lo) or (hi is not None and value > hi):
+    raise ValueError(f"{field}={value!r}: expected {what}")
+
+
+def flatten(c, prefix: str = "") -> dict:
+  """{'model.latent_dim': 16, ...} for a (nested) ConfigDict or dict."""
+  out = {}
+  for k, v in dict(c).items():
+    if isinstance(v, dict | ml_collections.ConfigDict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def unknown_keys(c: ml_collections.ConfigDict) -> list[str]:
+  """Fields of c that the default config does not have (typos, stale configs)."""
+  known = flatten(get_default())
+  return sorted(k for k in flatten(c) if k not in known)
+
+
+def resume_conflicts(saved: dict, c: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved -> new' for each field that differs from a saved run and may not change."""
+  old, new = flatten(saved), flatten(c)
+  return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+          if k not in RESUMABLE and old.get(k) != new.get(k)]
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field, its value and what is allowed."""
+  extra = unknown_keys(c)
+  if extra:
+    raise ValueError(f"{extra[0]}: unknown config key (see ae_jax/config.py for the known ones)")
+  if not isinstance(c.seed, int) or isinstance(c.seed, bool) or c.seed < 0:
+    raise ValueError(f"seed={c.seed!r}: expected an integer >= 0")
   for field in ("batch_size", "num_epochs", "steps_per_call", "eval_batch_size",
                 "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     _positive(field, c[field])
   if c.num_devices is not None:
     _positive("num_devices", c.num_devices)
+  _number("learning_rate", c.learning_rate, what="a positive number")
   if not c.learning_rate > 0:
     raise ValueError(f"learning_rate={c.learning_rate!r}: expected a positive number")
   _one_of("optimizer", c.optimizer, OPTIMIZERS)
@@ -82,10 +123,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for f in c.model.filters:
     _positive("model.filters", f)
   _one_of("noise.kind", c.noise.kind, noise.KINDS)
-  if c.noise.kind == "gaussian" and not c.noise.std >= 0:
-    raise ValueError(f"noise.std={c.noise.std!r}: expected >= 0")
-  if c.noise.kind in ("masking", "salt_and_pepper") and not 0.0 <= c.noise.nu <= 1.0:
-    raise ValueError(f"noise.nu={c.noise.nu!r}: expected a fraction in [0, 1]")
+  _number("noise.mean", c.noise.mean)
+  _number("noise.std", c.noise.std, lo=0.0, what="a number >= 0")
+  _number("noise.nu", c.noise.nu, lo=0.0, hi=1.0, what="a fraction in [0, 1]")
   _one_of("data.source", c.data.source, data.SOURCES)
   if c.data.source == "idx" and not c.data.dir:
     raise ValueError("data.dir=None: data.source='idx' needs the folder holding the four IDX files")
+  for field in ("train_size", "test_size"):
+    if c.data[field] is not None:
+      _positive(f"data.{field}", c.data[field])

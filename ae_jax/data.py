@@ -185,10 +185,13 @@ def load_tfds(name: str, data_dir: str | None, download: bool) -> tuple[np.ndarr
 
 
 def _to_float(images: np.ndarray, where: str) -> np.ndarray:
+  """uint8 [0, 255] or float [0, 1] images of rank 4 as float32 [0, 1]; anything else is refused."""
   if images.ndim != 4:
-    raise DataError(f"{where}: images of rank {images.ndim}, expected 4 (N, H, W, C)")
+    raise DataError(f"{where}: images of rank {images.ndim} {images.shape}, expected 4 (N, H, W, C)")
   if images.dtype == np.uint8:
     return images.astype(np.float32) / 255.0
+  if not np.issubdtype(images.dtype, np.floating):
+    raise DataError(f"{where}: images of dtype {images.dtype}, expected uint8 or float in [0, 1]")
   images = images.astype(np.float32)
   if not np.all(np.isfinite(images)) or images.min() < 0.0 or images.max() > 1.0:
     raise DataError(f"{where}: float images must be finite and in [0, 1]")
@@ -219,6 +222,9 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
     if not 0 < cfg.test_size <= len(test_x):
       raise DataError(f"data.test_size={cfg.test_size}: must be in [1, {len(test_x)}] for {where}")
     test_x, test_y = test_x[:cfg.test_size], test_y[:cfg.test_size]
+  for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+    if len(x) != len(y):
+      raise DataError(f"{where}: {len(x)} {split} images but {len(y)} labels")
   return Dataset(
       train_x=_to_float(train_x, where), train_y=np.asarray(train_y, np.int32),
       test_x=_to_float(test_x, where), test_y=np.asarray(test_y, np.int32), source=where)

@@ -5,6 +5,9 @@ import importlib.metadata
 import json
 import os
 import platform
+import signal
+import tempfile
+import threading
 import time
 
 from absl import logging
@@ -18,6 +21,60 @@ import optax
 from ae_jax import checkpoint, config as config_lib, data, losses, metrics, models, noise, parallel, plots
 
 TrainState = train_state.TrainState
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM/SIGINT after checkpointing the current step."""
+
+  def __init__(self, signum: int, step: int, directory: str):
+    self.signum, self.step = signum, step
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved "
+                     f"in {directory}; rerun the same command to continue")
+
+
+class _StopOnSignal:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between compiled calls; a second one aborts."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def _handle(self, signum, frame):
+    if self.signum is not None:  # asked twice: stop now, without the checkpoint
+      signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning("received %s: stopping after the current call and checkpointing",
+                    signal.Signals(signum).name)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, old in self._old.items():
+      signal.signal(s, old)
+
+
+def check_workdir(workdir: str) -> None:
+  """Raises ValueError unless workdir is (or can be made) a writable directory.
+
+  Probes with a temporary file or folder that is removed again, since permission
+  bits do not bind root.
+  """
+  path = os.path.abspath(workdir)
+  probe_in = path
+  while not os.path.exists(probe_in):
+    probe_in = os.path.dirname(probe_in)
+  if not os.path.isdir(probe_in):
+    raise ValueError(f"workdir={workdir!r}: {probe_in} is not a directory")
+  try:
+    with tempfile.TemporaryDirectory(dir=probe_in, prefix=".ae_jax_probe_"):
+      pass
+  except OSError as e:
+    raise ValueError(f"workdir={workdir!r}: not writable ({e.strerror or e})") from None
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -151,12 +208,17 @@ def _chunk_end(step: int, steps_per_epoch: int, steps_per_call: int) -> int:
   return epoch_start + min(steps_per_epoch, (pos // steps_per_call + 1) * steps_per_call)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> dict:
   """Trains and evaluates per `config` in `workdir`, resuming from its latest checkpoint.
 
-  Returns the final eval metrics (also in WORKDIR/eval.json).
+  Everything is checked before anything is written: the config, the workdir, the
+  data, and (when resuming) that the saved run's config is compatible, unless
+  allow_config_change. Returns the final eval metrics (also in WORKDIR/eval.json).
+  Raises Preempted after checkpointing if SIGTERM/SIGINT arrives.
   """
   config_lib.validate(config)
+  check_workdir(workdir)
   devices = parallel.select_devices(config.num_devices if config.parallel != "jit" else 1)
   parallel.check_batch(config.batch_size, devices, config.parallel)
   ds = data.load(config.data)
@@ -171,21 +233,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_key, train_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
   state = create_train_state(model, config, init_key)
 
-  os.makedirs(workdir, exist_ok=True)
-  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-  restored = checkpoint.restore_latest(mngr, state)
-  start_step, log_window = 0, {"steps": 0, "sums": {}}
-  if restored is not None:
-    host_state, meta = restored
+  def check_meta(meta):
+    conflicts = config_lib.resume_conflicts(meta["config"], config)
+    if conflicts and not allow_config_change:
+      raise ValueError(
+          f"workdir={workdir!r} holds a run with another config ({'; '.join(conflicts)}): use a "
+          "new workdir, or pass --allow_config_change to continue it with this config")
     if meta["steps_per_epoch"] != steps_per_epoch or meta["batch_size"] != config.batch_size:
       raise ValueError(
           f"workdir={workdir!r} holds a run with batch_size={meta['batch_size']} and "
           f"{meta['steps_per_epoch']} steps/epoch; this config has batch_size={config.batch_size} "
           f"and {steps_per_epoch}: use a new workdir")
+
+  start_step, log_window, restored, unreadable = 0, {"steps": 0, "sums": {}}, None, []
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    reader = checkpoint.manager(workdir, config.keep_checkpoints)
+    try:
+      restored = checkpoint.restore_latest(reader, state, check_meta)
+    finally:
+      reader.close()
+  if restored is not None:
+    host_state, meta, unreadable = restored
     state = state.replace(**{k: getattr(host_state, k) for k in ("step", "params", "opt_state")})
     start_step = int(host_state.step)
     log_window = meta["log_window"]  # the partial mean since the last log line
 
+  # All checks passed: from here on the workdir is written.
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint.set_aside(workdir, unreadable)
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   n_params = {"encoder": models.count_params(state.params["encoder"]),
               "decoder": models.count_params(state.params["decoder"]),
               "total": models.count_params(state.params)}
@@ -251,44 +327,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
       window.update(t=now, timed=0, steps=0, sums={})
 
-  while step < total_steps:
-    epoch = step // steps_per_epoch
-    if epoch != order_epoch:
-      order, order_epoch = data.epoch_order(data_key, epoch, n_train), epoch
-    end = _chunk_end(step, steps_per_epoch, config.steps_per_call)
-    pos = step - epoch * steps_per_epoch
-    idx = order[pos * config.batch_size:(end - epoch * steps_per_epoch) * config.batch_size]
-    batches = {"image": ds.train_x[idx].reshape(end - step, config.batch_size, *ds.image_shape)}
-    dstate, device_metrics = runner.step(dstate, runner.put_batches(batches), train_key)
-    if pending is not None:  # sync on the previous call only after dispatching this one
-      drain(*pending)
-    pending = (step, device_metrics)
-    epoch_done = end % steps_per_epoch == 0
-    save_due = end // config.checkpoint_every_steps > step // config.checkpoint_every_steps
-    step = end
-    if not (epoch_done or save_due or step == total_steps):
-      continue
-    drain(*pending)
-    pending = None
-    host_state = runner.get_state(dstate)
-    if epoch_done:
-      last_eval = evaluate(eval_fn, host_state.params, ds.test_x, eval_key, config.eval_batch_size)
-      last_eval.update(step=step, epoch=step // steps_per_epoch)
-      writer.write(step, "eval", last_eval)
-      metrics.write_json(eval_path, last_eval)
-      _save_pictures(workdir, model, host_state.params, ds, corrupt, eval_key, config.num_images)
-      logging.info("eval at step %d (epoch %d): %s", step, step // steps_per_epoch,
-                   ", ".join(f"{k} {v:.5f}" for k, v in last_eval.items()
-                             if k.endswith(("mse", "psnr", "loss"))))
-      window.update(t=time.perf_counter(), timed=0)  # eval time is not training throughput
-    checkpoint.save(mngr, step, host_state, {
-        "step": step, "epoch": step // steps_per_epoch,
-        "position_in_epoch": step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-        "batch_size": config.batch_size, "num_train": n_train,
-        "log_window": {"steps": window["steps"], "sums": window["sums"]},
-        "config": json.loads(config.to_json_best_effort())})
-
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.close()
+  try:
+    with _StopOnSignal() as stop:
+      while step < total_steps:
+        epoch = step // steps_per_epoch
+        if epoch != order_epoch:
+          order, order_epoch = data.epoch_order(data_key, epoch, n_train), epoch
+        end = _chunk_end(step, steps_per_epoch, config.steps_per_call)
+        pos = step - epoch * steps_per_epoch
+        idx = order[pos * config.batch_size:(end - epoch * steps_per_epoch) * config.batch_size]
+        batches = {"image": ds.train_x[idx].reshape(end - step, config.batch_size, *ds.image_shape)}
+        dstate, device_metrics = runner.step(dstate, runner.put_batches(batches), train_key)
+        if pending is not None:  # sync on the previous call only after dispatching this one
+          drain(*pending)
+        pending = (step, device_metrics)
+        epoch_done = end % steps_per_epoch == 0
+        save_due = end // config.checkpoint_every_steps > step // config.checkpoint_every_steps
+        step = end
+        if not (epoch_done or save_due or step == total_steps or stop.signum):
+          continue
+        drain(*pending)
+        pending = None
+        host_state = runner.get_state(dstate)
+        if epoch_done:
+          last_eval = evaluate(eval_fn, host_state.params, ds.test_x, eval_key,
+                               config.eval_batch_size)
+          last_eval.update(step=step, epoch=step // steps_per_epoch)
+          writer.write(step, "eval", last_eval)
+          metrics.write_json(eval_path, last_eval)
+          _save_pictures(workdir, model, host_state.params, ds, corrupt, eval_key,
+                         config.num_images)
+          logging.info("eval at step %d (epoch %d): %s", step, step // steps_per_epoch,
+                       ", ".join(f"{k} {v:.5f}" for k, v in last_eval.items()
+                                 if k.endswith(("mse", "psnr", "loss"))))
+          window.update(t=time.perf_counter(), timed=0)  # eval time is not training throughput
+        checkpoint.save(mngr, step, host_state, {
+            "step": step, "epoch": step // steps_per_epoch,
+            "position_in_epoch": step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
+            "batch_size": config.batch_size, "num_train": n_train,
+            "log_window": {"steps": window["steps"], "sums": window["sums"]},
+            "config": json.loads(config.to_json_best_effort())})
+        if stop.signum is not None and step < total_steps:
+          mngr.wait_until_finished()
+          raise Preempted(stop.signum, step, mngr.directory)
+  finally:
+    mngr.wait_until_finished()  # an async save in flight completes (or fails) before exit
+    mngr.close()
+    writer.close()
   return last_eval

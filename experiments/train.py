@@ -2,20 +2,72 @@ r"""Trains an autoencoder: `python -m experiments.train --config CONFIG --workdi
 
 Rerunning the same command with the same workdir resumes from its latest
 checkpoint. Override any config field with `--config.FIELD=VALUE`.
+
+Exit codes: 0 done; 2 bad input (one line naming the field, before any work);
+3 training diverged (non-finite loss); 4 no readable checkpoint;
+128 + signal number after SIGTERM/SIGINT (the current step was checkpointed).
 """
 
 import logging as py_logging
+import os
+import runpy
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ae_jax import data, train
+from ae_jax import checkpoint, data, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
-flags.mark_flags_as_required(["config", "workdir"])
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Continue a workdir whose saved run has a different config.")
+
+
+def _fail(message: str, code: int = 2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _unknown_override(argv) -> str | None:
+  """The first --config.KEY=... whose KEY the config file does not define, if any."""
+  path = None
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      path = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+  if path is None or not os.path.exists(path):
+    return None
+  cfg = runpy.run_path(path)["get_config"]()
+  for arg in argv:
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      node = cfg
+      for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+          return key
+        node = node[part]
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing, with every error as one line and exit code 2."""
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.keys()  # config_flags defers a load failure to the first attribute read
+    return rest
+  except OSError as e:
+    errno = [ln.strip() for ln in str(e).splitlines() if "Errno" in ln]
+    _fail(f"--config: cannot load the config file" + (f" ({errno[0]})" if errno else ""))
+  except flags.Error as e:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    _fail(" ".join(lines[:1] + [ln for ln in lines[1:] if "Errno" in ln])[:500])
+  except (AttributeError, KeyError) as e:  # config_flags: an override of a key that does not exist
+    key = _unknown_override(argv)
+    _fail(f"--config.{key}: unknown config key" if key else f"bad --config override: {e}")
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -28,15 +80,22 @@ class _QuietLibraries(py_logging.Filter):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _WORKDIR.value or not _CONFIG.value:
+    _fail("--config and --workdir are required")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, data.DataError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+  except (ValueError, data.DataError) as e:
+    _fail(str(e))
+  except FloatingPointError as e:
+    _fail(str(e), 3)
+  except checkpoint.CheckpointError as e:
+    _fail(str(e), 4)
+  except train.Preempted as e:
+    _fail(str(e), 128 + e.signum)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

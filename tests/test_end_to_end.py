@@ -135,3 +135,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, small_idx_dir):
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: batch_size=30: does not divide across 4 devices (parallel='pmap'); "
       "use a multiple of 4")
+
+
+def test_train_and_evaluate_in_process_on_mocked_tfds(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import ae_jax  # pylint: disable=g-import-not-at-top
+
+  cfg = ae_jax.default_config()
+  cfg.data.source = "tfds"
+  cfg.data.name = "mnist"
+  cfg.batch_size = 16
+  cfg.loss = "bce"
+  cfg.noise.kind = "salt_and_pepper"
+  cfg.noise.nu = 0.2
+  with tfds.testing.mock_data(num_examples=64):
+    result = ae_jax.train_and_evaluate(cfg, str(tmp_path))
+  assert result["step"] == 4 and result["num_examples"] == 64
+  assert np.isfinite(result["test_loss"]) and result["noisy_input_mse"] > 0
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert run["data"]["source"] == "tfds:mnist" and run["data"]["num_train"] == 64
