@@ -30,3 +30,64 @@ def image_rows(path: str, rows: Sequence[np.ndarray], labels: Sequence[str], tit
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def latent_scatter(path: str, xy_N2: np.ndarray, labels_N: np.ndarray, title: str,
+                   axis_labels=("z[0]", "z[1]")) -> None:
+  """2-D points coloured by integer label, with a legend."""
+  fig, ax = plt.subplots(figsize=(6.5, 5.5))
+  cmap = plt.get_cmap("tab10")
+  for c in np.unique(labels_N):
+    sel = labels_N == c
+    ax.scatter(xy_N2[sel, 0], xy_N2[sel, 1], s=4, alpha=0.6, color=cmap(int(c) % 10), label=str(c))
+  ax.legend(markerscale=3, fontsize=8, title="label", loc="best")
+  ax.set_xlabel(axis_labels[0])
+  ax.set_ylabel(axis_labels[1])
+  ax.set_title(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def image_grid(path: str, images_nnHWC: np.ndarray, title: str, extent=None) -> None:
+  """An n x m grid of images tiled into one picture; extent labels the axes with latent ranges."""
+  n, m, h, w, c = images_nnHWC.shape
+  tiled = images_nnHWC.transpose(0, 2, 1, 3, 4).reshape(n * h, m * w, c)
+  fig, ax = plt.subplots(figsize=(7, 7 * n / m))
+  ax.imshow(np.clip(tiled[..., 0] if c == 1 else tiled, 0, 1), cmap="gray", vmin=0, vmax=1,
+            extent=extent)
+  if extent is None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  else:
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+  ax.set_title(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def training_curves(path: str, records: list[dict]) -> None:
+  """Train loss and eval MSE/PSNR against step, from metrics.jsonl records."""
+  train = [r for r in records if r["kind"] == "train"]
+  evals = [r for r in records if r["kind"] == "eval"]
+  fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+  ax0.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss")
+  if evals:
+    ax0.plot([r["step"] for r in evals], [r["test_loss"] for r in evals], "o-", label="test loss")
+    ax1.plot([r["step"] for r in evals], [r["test_psnr"] for r in evals], "o-", label="test PSNR")
+    if "noisy_input_psnr" in evals[0]:
+      ax1.plot([r["step"] for r in evals], [r["noisy_input_psnr"] for r in evals], "s--",
+               label="corrupted input PSNR")
+  ax0.set_yscale("log")
+  ax0.set_xlabel("step")
+  ax0.set_title("loss", fontsize=10)
+  ax0.legend()
+  ax1.set_xlabel("step")
+  ax1.set_ylabel("dB")
+  ax1.set_title("test PSNR", fontsize=10)
+  ax1.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

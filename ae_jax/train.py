@@ -58,6 +58,12 @@ class _StopOnSignal:
       signal.signal(s, old)
 
 
+def run_keys(seed: int) -> dict:
+  """The run's named keys, split once from the root key: init, train, data (order), eval."""
+  init, train_, data_, eval_ = jax.random.split(jax.random.key(seed), 4)
+  return {"init": init, "train": train_, "data": data_, "eval": eval_}
+
+
 def check_workdir(workdir: str) -> None:
   """Raises ValueError unless workdir is (or can be made) a writable directory.
 
@@ -230,8 +236,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   model = models.from_config(config.model, ds.image_shape)
   corrupt = noise.corruption_fn(config.noise)
-  init_key, train_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
-  state = create_train_state(model, config, init_key)
+  keys = run_keys(config.seed)
+  train_key, data_key, eval_key = keys["train"], keys["data"], keys["eval"]
+  state = create_train_state(model, config, keys["init"])
 
   def check_meta(meta):
     conflicts = config_lib.resume_conflicts(meta["config"], config)

@@ -1,0 +1,183 @@
+"""Latent-space tools: load a trained run, embed/decode/interpolate, probes and 2-D projections."""
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ae_jax import checkpoint, data, models, noise
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A model with its params and the config it was trained with."""
+
+  model: models.Autoencoder
+  params: dict
+  config: ml_collections.ConfigDict
+  step: int
+
+
+def load(workdir: str) -> Trained:
+  """Restores model + params of the latest checkpoint in a workdir written by experiments.train."""
+  step, state, meta = checkpoint.read_latest(workdir)
+  config = ml_collections.ConfigDict(meta["config"])
+  with open(os.path.join(workdir, "run.json")) as f:
+    image_shape = tuple(json.load(f)["data"]["image_shape"])
+  model = models.from_config(config.model, image_shape)
+  params = jax.tree.map(jnp.asarray, state["params"])
+  return Trained(model, params, config, step)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _apply(model, method: str, params, x):
+  out = model.apply({"params": params}, x, method=method)
+  return jax.nn.sigmoid(out) if method == "logits" else out
+
+
+def _batched(model, method: str, params, x: np.ndarray, batch_size: int) -> np.ndarray:
+  """Applies `method` over x in fixed-size batches (the last one padded): one compilation."""
+  x = np.asarray(x, np.float32)
+  n = len(x)
+  batch_size = min(batch_size, n)
+  out = []
+  for start in range(0, n, batch_size):
+    chunk = x[start:start + batch_size]
+    valid = len(chunk)
+    if valid < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)])
+    out.append(np.asarray(_apply(model, method, params, chunk))[:valid])
+  return np.concatenate(out)
+
+
+def embed(model, params, images_NHWC, batch_size: int = 1000) -> np.ndarray:
+  """Images -> latents z_ND."""
+  return _batched(model, "encode", params, images_NHWC, batch_size)
+
+
+def reconstruct(model, params, images_NHWC, batch_size: int = 1000) -> np.ndarray:
+  """Images -> reconstructions in [0, 1] (sigmoid of the logits, whatever model.output says)."""
+  return _batched(model, "logits", params, images_NHWC, batch_size)
+
+
+def decode(model, params, z_ND, batch_size: int = 1000) -> np.ndarray:
+  """Latents -> images in [0, 1]."""
+  z = np.asarray(z_ND, np.float32)
+  out = _batched(model, "decode", params, z, batch_size)
+  return out if model.output == "probabilities" else np.asarray(jax.nn.sigmoid(out))
+
+
+def corrupt(noise_cfg: ml_collections.ConfigDict, key: jax.Array, images_NHWC,
+            index_N=None) -> np.ndarray:
+  """Corrupts images as training does: example i with fold_in(key, index_N[i])."""
+  fn = noise.corruption_fn(noise_cfg)
+  if fn is None:
+    raise ValueError("noise.kind='none': nothing to corrupt with")
+  x = jnp.asarray(images_NHWC, jnp.float32)
+  index = jnp.arange(len(x)) if index_N is None else jnp.asarray(index_N)
+  return np.asarray(jax.jit(noise.corrupt_batch, static_argnums=0)(fn, key, x, index))
+
+
+def denoise(model, params, noise_cfg, key, images_NHWC, batch_size: int = 1000):
+  """(corrupted, denoised) for clean images, corrupted per noise_cfg with `key`."""
+  noisy = corrupt(noise_cfg, key, images_NHWC)
+  return noisy, reconstruct(model, params, noisy, batch_size)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+  """Spherical interpolation between vectors a and b (falls to linear when they are parallel)."""
+  na, nb = np.linalg.norm(a), np.linalg.norm(b)
+  cos = np.clip(np.dot(a / na, b / nb), -1.0, 1.0)
+  omega = np.arccos(cos)
+  t = t[:, None]
+  if omega < 1e-6:
+    return (1 - t) * a + t * b
+  return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+def interpolate(model, params, image_a, image_b, steps: int = 10, method: str = "linear"):
+  """Decoded images along the latent path from image_a to image_b: [steps, H, W, C]."""
+  z = embed(model, params, np.stack([image_a, image_b]))
+  t = np.linspace(0.0, 1.0, steps)
+  if method == "linear":
+    path = (1 - t)[:, None] * z[0] + t[:, None] * z[1]
+  elif method == "slerp":
+    path = slerp(z[0], z[1], t)
+  else:
+    raise ValueError(f"method={method!r}: expected 'linear' or 'slerp'")
+  return decode(model, params, path.astype(np.float32))
+
+
+def linear_probe_accuracy(train_z, train_y, test_z, test_y, seed: int = 0) -> float:
+  """Test accuracy of a logistic regression (standardised features) fit on the train latents."""
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+
+  clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+  clf.fit(np.asarray(train_z).reshape(len(train_z), -1), train_y)
+  return float(clf.score(np.asarray(test_z).reshape(len(test_z), -1), test_y))
+
+
+def knn_accuracy(train_z, train_y, test_z, test_y, k: int = 5) -> float:
+  """Test accuracy of k-nearest-neighbour classification (Euclidean) against the train latents."""
+  from sklearn.neighbors import KNeighborsClassifier  # pylint: disable=g-import-not-at-top
+
+  clf = KNeighborsClassifier(n_neighbors=k)
+  clf.fit(np.asarray(train_z).reshape(len(train_z), -1), train_y)
+  return float(clf.score(np.asarray(test_z).reshape(len(test_z), -1), test_y))
+
+
+def probe_report(trained: Trained, ds: data.Dataset, max_train: int | None = 10_000,
+                 k: int = 5) -> dict:
+  """Linear-probe and k-NN accuracy on latents, and the same probes on raw pixels as baseline."""
+  n_train = len(ds.train_x) if max_train is None else min(max_train, len(ds.train_x))
+  train_x, train_y = ds.train_x[:n_train], ds.train_y[:n_train]
+  train_z = embed(trained.model, trained.params, train_x)
+  test_z = embed(trained.model, trained.params, ds.test_x)
+  return {
+      "linear_probe_accuracy": linear_probe_accuracy(train_z, train_y, test_z, ds.test_y),
+      "knn_accuracy": knn_accuracy(train_z, train_y, test_z, ds.test_y, k),
+      "pixel_linear_probe_accuracy": linear_probe_accuracy(train_x, train_y, ds.test_x, ds.test_y),
+      "pixel_knn_accuracy": knn_accuracy(train_x, train_y, ds.test_x, ds.test_y, k),
+      "latent_dim": int(train_z.shape[1]),
+      "pixel_dim": int(np.prod(ds.image_shape)),
+      "num_train": n_train,
+      "num_test": int(len(ds.test_x)),
+      "knn_k": k,
+      "data": ds.source,
+      "step": trained.step,
+  }
+
+
+def pca_2d(z_ND: np.ndarray) -> np.ndarray:
+  """Projection of z onto its first two principal components."""
+  z = np.asarray(z_ND, np.float64)
+  z = z - z.mean(0)
+  _, _, vt = np.linalg.svd(z, full_matrices=False)
+  return z @ vt[:2].T
+
+
+def tsne_2d(z_ND: np.ndarray, seed: int = 0) -> np.ndarray:
+  """t-SNE embedding in 2-D (scikit-learn; PCA initialisation)."""
+  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+
+  perplexity = min(30.0, (len(z_ND) - 1) / 3)
+  return TSNE(2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
+      np.asarray(z_ND, np.float64))
+
+
+def latent_grid(model, params, z_range, n: int = 15) -> np.ndarray:
+  """Decoded images over an n x n grid of a 2-D latent space: [n, n, H, W, C], row 0 at the top."""
+  if model.latent_dim != 2:
+    raise ValueError(f"latent_dim={model.latent_dim}: the manifold grid needs a 2-D latent space")
+  (x0, x1), (y0, y1) = z_range
+  xs, ys = np.linspace(x0, x1, n), np.linspace(y1, y0, n)  # y decreasing: top row is high z[1]
+  grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32)
+  images = decode(model, params, grid)
+  return images.reshape(n, n, *images.shape[1:])
