@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from ae_jax import checkpoint, config as config_lib, data, losses, metrics, models, noise, parallel, plots
+from ae_jax import checkpoint, data, losses, metrics, models, noise, parallel, plots
+from ae_jax import config as config_lib
 
 TrainState = train_state.TrainState
 

@@ -61,7 +61,7 @@ def parse_flags(argv):
     return rest
   except OSError as e:
     errno = [ln.strip() for ln in str(e).splitlines() if "Errno" in ln]
-    _fail(f"--config: cannot load the config file" + (f" ({errno[0]})" if errno else ""))
+    _fail("--config: cannot load the config file" + (f" ({errno[0]})" if errno else ""))
   except flags.Error as e:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     _fail(" ".join(lines[:1] + [ln for ln in lines[1:] if "Errno" in ln])[:500])

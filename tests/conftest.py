@@ -7,10 +7,9 @@ import jax
 # Must run before any backend is initialised; single-device code still uses device 0.
 jax.config.update("jax_num_cpu_devices", 4)
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # noqa: E402
 
-from ae_jax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ae_jax import data  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
@@ -49,12 +48,3 @@ def small_idx_dir(tmp_path_factory, embedded_uint8):
   tx, ty, vx, vy = embedded_uint8
   return write_mnist_idx(str(tmp_path_factory.mktemp("small_idx")),
                          (tx[:512], ty[:512], vx[:128], vy[:128]))
-
-
-def rel_err(a, b) -> float:
-  """Relative L2 distance between two pytrees of arrays."""
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  num = sum(float(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
-            for x, y in zip(la, lb))
-  den = sum(float(np.sum(np.asarray(y, np.float64) ** 2)) for y in lb)
-  return (num / den) ** 0.5

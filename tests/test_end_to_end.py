@@ -139,6 +139,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, small_idx_dir):
 
 def test_train_and_evaluate_in_process_on_mocked_tfds(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   import ae_jax  # pylint: disable=g-import-not-at-top
 
   cfg = ae_jax.default_config()

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import config as config_lib, models
+from ae_jax import config as config_lib
+from ae_jax import models
 
 
 def test_reference_param_counts_equal_keras():

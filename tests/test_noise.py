@@ -83,7 +83,7 @@ class JitTest(chex.TestCase):
     for kind in ("gaussian", "masking", "salt_and_pepper"):
       cfg = ml_collections.ConfigDict(dict(kind=kind, mean=0.5, std=0.5, clip=True, nu=0.3))
       fn = noise.corruption_fn(cfg)
-      y = self.variant(lambda k, x: noise.corrupt_batch(fn, k, x, jnp.arange(64)))(
+      y = self.variant(lambda k, x, fn=fn: noise.corrupt_batch(fn, k, x, jnp.arange(64)))(
           jax.random.key(0), x)
       chex.assert_shape(y, SHAPE)
       chex.assert_tree_all_finite(y)

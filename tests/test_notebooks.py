@@ -4,8 +4,8 @@ import glob
 import os
 import re
 
-import nbformat
 from nbclient import NotebookClient
+import nbformat
 import pytest
 
 from conftest import REPO

@@ -6,26 +6,16 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import config as config_lib, models, noise, parallel, train
-from conftest import rel_err
+from ae_jax import config as config_lib
+from ae_jax import models, parallel, train
+from experiments import wrapper_agreement
+from experiments.wrapper_agreement import rel_err
 
 STEPS, BATCH = 4, 16
 
 
 def _run(mode, devices, steps_per_call=1, kind="gaussian"):
-  cfg = config_lib.get_default()
-  cfg.noise.kind = kind
-  model = models.Autoencoder()
-  state = train.create_train_state(model, cfg, jax.random.key(0))
-  step_fn = functools.partial(train.train_step, loss="mse", corrupt=noise.corruption_fn(cfg.noise))
-  runner = parallel.make_runner(mode, step_fn, devices, BATCH)
-  images = np.asarray(jax.random.uniform(jax.random.key(1), (STEPS, BATCH, 28, 28, 1)))
-  dstate, losses = runner.put_state(state), []
-  for start in range(0, STEPS, steps_per_call):
-    batches = {"image": images[start:start + steps_per_call]}
-    dstate, m = runner.step(dstate, runner.put_batches(batches), jax.random.key(2))
-    losses += list(runner.get_metrics(m)["loss"])
-  return runner.get_state(dstate), np.asarray(losses)
+  return wrapper_agreement.train_steps(mode, devices, STEPS, BATCH, steps_per_call, kind)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ae_jax import config as config_lib, models, noise, train
+from ae_jax import config as config_lib
+from ae_jax import models, noise, train
 
 # A small model keeps the numpy reference quick; the structure is the reference one.
 MODEL = dict(image_shape=(8, 8, 1), filters=(2, 3), kernel_size=3, latent_dim=2)

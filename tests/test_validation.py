@@ -6,7 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from ae_jax import config as config_lib, data, train
+from ae_jax import config as config_lib
+from ae_jax import data, train
 from conftest import REPO
 from experiments import fault_drill
 
@@ -123,7 +124,8 @@ CONFIG = os.path.join(REPO, "experiments", "configs", "quickstart.py")
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--config", CONFIG, "--config.modle.latent_dim=3"], "error: --config.modle.latent_dim: unknown config key"),
+    (["--config", CONFIG, "--config.modle.latent_dim=3"],
+     "error: --config.modle.latent_dim: unknown config key"),
     (["--config", CONFIG, "--config.batch_size=big"], "error: flag --config.batch_size=big: invalid literal"),
     (["--config", "experiments/configs/nope.py"], "error: --config: cannot load the config file"),
     (["--config", CONFIG, "--config.noise.std=-1.0"], "error: noise.std=-1.0: expected a number >= 0"),

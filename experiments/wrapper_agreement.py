@@ -1,0 +1,66 @@
+r"""Trains a few steps under each parallel wrapper and prints how far each is from one device.
+
+  JAX_NUM_CPU_DEVICES=4 python -m experiments.wrapper_agreement
+
+Same global batches, same seed: jit on 1 device is the reference; pmap and mesh
+over all local devices, and jit/pmap with 2 steps per compiled call (lax.scan).
+"""
+
+import functools
+
+from absl import app, flags
+import jax
+import numpy as np
+
+from ae_jax import config as config_lib
+from ae_jax import models, noise, parallel, train
+
+_STEPS = flags.DEFINE_integer("steps", 4, "Train steps.")
+_BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
+
+
+def rel_err(a, b) -> float:
+  """Relative L2 distance between two pytrees of arrays."""
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  num = sum(float(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
+            for x, y in zip(la, lb))
+  den = sum(float(np.sum(np.asarray(y, np.float64) ** 2)) for y in lb)
+  return (num / den) ** 0.5
+
+
+def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
+                steps_per_call: int = 1, kind: str = "gaussian"):
+  """(host state, per-step losses) after `steps` steps of the reference DAE on fixed batches."""
+  cfg = config_lib.get_default()
+  cfg.noise.kind = kind
+  state = train.create_train_state(models.Autoencoder(), cfg, jax.random.key(0))
+  step_fn = functools.partial(train.train_step, loss="mse", corrupt=noise.corruption_fn(cfg.noise))
+  runner = parallel.make_runner(mode, step_fn, devices, batch)
+  images = np.asarray(jax.random.uniform(jax.random.key(1), (steps, batch, 28, 28, 1)))
+  dstate, losses = runner.put_state(state), []
+  for start in range(0, steps, steps_per_call):
+    batches = {"image": images[start:start + steps_per_call]}
+    dstate, m = runner.step(dstate, runner.put_batches(batches), jax.random.key(2))
+    losses += list(runner.get_metrics(m)["loss"])
+  return runner.get_state(dstate), np.asarray(losses)
+
+
+def main(argv):
+  del argv
+  devices = tuple(jax.devices())
+  one = devices[:1]
+  ref, ref_losses = train_steps("jit", one, _STEPS.value, _BATCH.value)
+  init = train.create_train_state(models.Autoencoder(), config_lib.get_default(), jax.random.key(0))
+  print(f"{len(devices)} {devices[0].platform} devices; {_STEPS.value} steps of global batch "
+        f"{_BATCH.value}; params moved {rel_err(init.params, ref.params):.3e} (relative) from init")
+  for name, mode, devs, k in [("pmap", "pmap", devices, 1), ("mesh", "mesh", devices, 1),
+                              ("jit, 2 steps/call", "jit", one, 2),
+                              ("pmap, 2 steps/call", "pmap", devices, 2)]:
+    state, losses = train_steps(mode, devs, _STEPS.value, _BATCH.value, k)
+    loss_err = float(np.max(np.abs(losses / ref_losses - 1)))
+    print(f"{name:20s} vs jit on 1 device: params rel. diff {rel_err(state.params, ref.params):.2e}, "
+          f"max loss rel. diff {loss_err:.2e}")
+
+
+if __name__ == "__main__":
+  app.run(main)
