@@ -243,6 +243,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def check_meta(meta):
     conflicts = config_lib.resume_conflicts(meta["config"], config)
+    reshaping = [c for c in conflicts if c.startswith("model.") and not c.startswith("model.output")]
+    if reshaping:
+      raise ValueError(
+          f"workdir={workdir!r} holds a model of another shape ({'; '.join(reshaping)}): its "
+          "parameters cannot be loaded into this one, even with --allow_config_change; use a new workdir")
     if conflicts and not allow_config_change:
       raise ValueError(
           f"workdir={workdir!r} holds a run with another config ({'; '.join(conflicts)}): use a "

@@ -155,3 +155,8 @@ def test_incompatible_workdir_is_refused_unless_overridden(tmp_path):
   proc = _cli(workdir, *small, "--config.num_epochs=3", "--config.learning_rate=0.01",
               "--allow_config_change")
   assert proc.returncode == 0, proc.stderr[-2000:]
+  # A model of another shape cannot continue, override or not.
+  proc = _cli(workdir, *small, "--config.num_epochs=4", "--config.model.latent_dim=8",
+              "--allow_config_change")
+  _one_line_error(proc, f"error: workdir='{workdir}' holds a model of another shape "
+                        "(model.latent_dim: 16 -> 8): its parameters cannot be loaded")
