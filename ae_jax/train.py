@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ae_jax import checkpoint, data, losses, metrics, models, noise, parallel, plots
+from ae_jax import checkpoint, data, losses, metrics, models, noise, parallel, plots, probes
 from ae_jax import config as config_lib
 
 TrainState = train_state.TrainState
@@ -157,14 +157,17 @@ def evaluate(eval_fn, params, images: np.ndarray, eval_key: jax.Array, batch_siz
   """Dataset means of eval_fn's sums, with PSNRs; the last batch is padded and masked."""
   n = len(images)
   batch_size = min(batch_size, n)
-  sums = {}
+  params = jax.device_put(params)  # once, not with every batch
+  pending = []
   for start in range(0, n, batch_size):
     x = images[start:start + batch_size]
     valid = len(x)
     if valid < batch_size:  # pad so every batch has one shape: one compilation
       x = np.concatenate([x, np.zeros((batch_size - valid, *x.shape[1:]), x.dtype)])
     mask = np.arange(batch_size) < valid
-    batch_sums = jax.device_get(eval_fn(params, x, mask, eval_key, start))
+    pending.append(eval_fn(params, x, mask, eval_key, start))
+  sums = {}
+  for batch_sums in jax.device_get(pending):  # one sync after all batches are dispatched
     for k, v in batch_sums.items():
       sums[k] = sums.get(k, 0.0) + float(v)
   out = {k: v / n for k, v in sums.items()}
@@ -192,15 +195,13 @@ def _versions() -> dict:
 def _save_pictures(workdir: str, model, params, ds: data.Dataset, corrupt, eval_key, n: int):
   index = np.linspace(0, len(ds.test_x) - 1, min(n, len(ds.test_x))).astype(np.int32)
   x = ds.test_x[index]
-  recon = model.apply({"params": params}, x, method="logits")
   plots.image_rows(os.path.join(workdir, "reconstructions.png"),
-                   [x, np.asarray(jax.nn.sigmoid(recon))], ["input", "reconstruction"],
+                   [x, probes.reconstruct(model, params, x)], ["input", "reconstruction"],
                    "clean test inputs and their reconstructions")
   if corrupt is not None:
-    noisy = noise.corrupt_batch(corrupt, eval_key, jnp.asarray(x), index)  # the eval noise
-    denoised = jax.nn.sigmoid(model.apply({"params": params}, noisy, method="logits"))
+    noisy = np.asarray(noise.corrupt_batch(corrupt, eval_key, jnp.asarray(x), index))  # eval noise
     plots.image_rows(os.path.join(workdir, "denoising.png"),
-                     [x, np.asarray(noisy), np.asarray(denoised)],
+                     [x, noisy, probes.reconstruct(model, params, noisy)],
                      ["clean", "corrupted", "reconstructed"], "denoising (fixed eval noise)")
 
 
@@ -271,6 +272,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start_step = int(host_state.step)
     log_window = meta["log_window"]  # the partial mean since the last log line
 
+  eval_path = os.path.join(workdir, "eval.json")
+  if start_step >= total_steps:  # a finished run: report it, write nothing
+    logging.info("nothing to do: checkpoint at step %d >= %d steps for %d epochs", start_step,
+                 total_steps, config.num_epochs)
+    with open(eval_path) as f:
+      return json.load(f)
+
   # All checks passed: from here on the workdir is written.
   os.makedirs(workdir, exist_ok=True)
   checkpoint.set_aside(workdir, unreadable)
@@ -278,7 +286,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   n_params = {"encoder": models.count_params(state.params["encoder"]),
               "decoder": models.count_params(state.params["decoder"]),
               "total": models.count_params(state.params)}
-  metrics.write_json(os.path.join(workdir, "run.json"), {
+  run_path = os.path.join(workdir, "run.json")
+  previous = []
+  if start_step and os.path.exists(run_path):  # keep what earlier invocations recorded
+    with open(run_path) as f:
+      earlier = json.load(f)
+    previous = earlier.pop("previous", []) + [earlier]
+  metrics.write_json(run_path, {
       "config": json.loads(config.to_json_best_effort()),
       "versions": _versions(),
       "data": ds.summary(),
@@ -288,20 +302,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "steps_per_epoch": steps_per_epoch,
       "total_steps": total_steps,
       "resumed_from_step": start_step,
+      "previous": previous,
   })
   logging.info("data %s: %d train / %d test, image shape %s", ds.source, n_train,
                len(ds.test_x), ds.image_shape)
   logging.info("model: %s params (encoder %s, decoder %s); %s on %d device(s)",
                f"{n_params['total']:,}", f"{n_params['encoder']:,}", f"{n_params['decoder']:,}",
                config.parallel, len(devices))
-
-  eval_path = os.path.join(workdir, "eval.json")
-  if start_step >= total_steps:
-    logging.info("nothing to do: checkpoint at step %d >= %d steps for %d epochs", start_step,
-                 total_steps, config.num_epochs)
-    mngr.close()
-    with open(eval_path) as f:
-      return json.load(f)
 
   step_fn = functools.partial(train_step, loss=config.loss, corrupt=corrupt)
   runner = parallel.make_runner(config.parallel, step_fn, devices, config.batch_size)

@@ -93,6 +93,10 @@ def test_stop_after_one_epoch_and_rerun_is_bit_identical(straight, tmp_path, sma
   proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
   assert "restored checkpoint at step 8" in proc.stderr
   _assert_same_run(straight[0], workdir)
+  run = json.loads((workdir / "run.json").read_text())
+  assert run["resumed_from_step"] == 8 and run["config"]["num_epochs"] == 2
+  assert [r["resumed_from_step"] for r in run["previous"]] == [0]  # the first invocation's record
+  assert run["previous"][0]["config"]["num_epochs"] == 1
 
 
 def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(straight, tmp_path, small_idx_dir):
@@ -111,10 +115,10 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(straight, tmp_path,
 
 def test_rerun_of_a_finished_run_changes_nothing(straight, small_idx_dir):
   workdir = straight[0]
-  before = (_records(workdir), _eval(workdir))
+  before = (_records(workdir), _eval(workdir), (workdir / "run.json").read_text())
   proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
   assert "nothing to do" in proc.stderr
-  assert (_records(workdir), _eval(workdir)) == before
+  assert (_records(workdir), _eval(workdir), (workdir / "run.json").read_text()) == before
 
 
 def test_pmap_run_on_four_devices_resumes_under_mesh(tmp_path, small_idx_dir):
