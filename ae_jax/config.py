@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from ae_jax import data, losses, models, noise
+from ae_jax import data, layers, losses, models, noise
 
 PARALLEL = ("jit", "pmap", "mesh")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -10,7 +10,10 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # (num_epochs extends a run; the rest are bookkeeping or placement).
 RESUMABLE = ("num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
              "eval_batch_size", "num_images", "parallel", "num_devices", "steps_per_call",
-             "data.dir", "data.download")
+             "data.dir", "data.download", "model.conv_impl")
+# Model fields that leave the params' shapes alone, so a rerun may change them with
+# --allow_config_change; any other model.* field makes the saved params unloadable.
+PARAM_NEUTRAL = ("model.output", "model.conv_impl", "model.dtype")
 
 
 def get_default() -> ml_collections.ConfigDict:
@@ -38,6 +41,10 @@ def get_default() -> ml_collections.ConfigDict:
   c.model.kernel_size = 3
   c.model.latent_dim = 16
   c.model.output = "probabilities"
+  # Same params and numerics (to ~1e-6), different speed; 'auto' picks per backend
+  # (models.resolve_conv_impl, with the measurements).
+  c.model.conv_impl = "auto"
+  c.model.dtype = "float32"  # compute dtype; 'bfloat16' keeps float32 params and optimizer state
 
   c.noise = ml_collections.ConfigDict()
   c.noise.kind = "none"
@@ -116,6 +123,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _one_of("loss", c.loss, losses.NAMES)
   _one_of("parallel", c.parallel, PARALLEL)
   _one_of("model.output", c.model.output, models.OUTPUTS)
+  _one_of("model.conv_impl", c.model.conv_impl, ("auto", *layers.IMPLS))
+  _one_of("model.dtype", c.model.dtype, models.DTYPES)
   _positive("model.latent_dim", c.model.latent_dim)
   _positive("model.kernel_size", c.model.kernel_size)
   if not c.model.filters:

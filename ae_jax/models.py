@@ -1,13 +1,18 @@
 """Convolutional encoder, decoder and autoencoder (the Keras reference model by default)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ae_jax import layers
+
 OUTPUTS = ("probabilities", "logits")
+DTYPES = ("float32", "bfloat16")
+
 
 
 def check_image_shape(image_shape: Sequence[int], levels: int) -> None:
@@ -29,15 +34,17 @@ class Encoder(nn.Module):
   filters: Sequence[int] = (32, 64)
   kernel_size: int = 3
   latent_dim: int = 16
+  conv_impl: str = "auto"  # layers.IMPLS or auto: same params, different speed
+  dtype: Any = None  # compute dtype (e.g. bfloat16); params stay float32
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     x = x_BHWC
     for i, f in enumerate(self.filters):
-      x = nn.Conv(f, (self.kernel_size,) * 2, strides=2, padding="SAME", name=f"conv{i}")(x)
+      x = layers.conv(self.conv_impl, f, self.kernel_size, 2, f"conv{i}", self.dtype)(x)
       x = nn.relu(x)
     x = x.reshape(x.shape[0], -1)
-    return nn.Dense(self.latent_dim, name="latent")(x)
+    return nn.Dense(self.latent_dim, dtype=self.dtype, name="latent")(x).astype(jnp.float32)
 
 
 class Decoder(nn.Module):
@@ -51,6 +58,8 @@ class Decoder(nn.Module):
   filters: Sequence[int] = (32, 64)
   kernel_size: int = 3
   output: str = "probabilities"
+  conv_impl: str = "auto"
+  dtype: Any = None
 
   def setup(self):
     check_image_shape(self.image_shape, len(self.filters))
@@ -59,19 +68,19 @@ class Decoder(nn.Module):
     h, w, _ = self.image_shape
     factor = 2 ** len(self.filters)
     self._grid = (h // factor, w // factor, self.filters[-1])
-    self.project = nn.Dense(self._grid[0] * self._grid[1] * self._grid[2])
-    k = (self.kernel_size,) * 2
+    self.project = nn.Dense(self._grid[0] * self._grid[1] * self._grid[2], dtype=self.dtype)
+    k = self.kernel_size
     self.deconvs = [
-        nn.ConvTranspose(f, k, strides=(2, 2), padding="SAME", name=f"deconv{i}")
+        layers.conv_transpose(self.conv_impl, f, k, 2, f"deconv{i}", self.dtype)
         for i, f in enumerate(reversed(self.filters))
     ]
-    self.to_pixels = nn.ConvTranspose(self.image_shape[2], k, strides=(1, 1), padding="SAME")
+    self.to_pixels = layers.conv_transpose(self.conv_impl, self.image_shape[2], k, 1, dtype=self.dtype)
 
   def logits(self, z_BD: jax.Array) -> jax.Array:
     x = self.project(z_BD).reshape(z_BD.shape[0], *self._grid)
     for deconv in self.deconvs:
       x = nn.relu(deconv(x))
-    return self.to_pixels(x)
+    return self.to_pixels(x).astype(jnp.float32)  # losses and sigmoid in float32
 
   def __call__(self, z_BD: jax.Array) -> jax.Array:
     logits_BHWC = self.logits(z_BD)
@@ -86,10 +95,13 @@ class Autoencoder(nn.Module):
   kernel_size: int = 3
   latent_dim: int = 16
   output: str = "probabilities"
+  conv_impl: str = "auto"
+  dtype: Any = None
 
   def setup(self):
-    self.encoder = Encoder(self.filters, self.kernel_size, self.latent_dim)
-    self.decoder = Decoder(self.image_shape, self.filters, self.kernel_size, self.output)
+    self.encoder = Encoder(self.filters, self.kernel_size, self.latent_dim, self.conv_impl, self.dtype)
+    self.decoder = Decoder(self.image_shape, self.filters, self.kernel_size, self.output,
+                           self.conv_impl, self.dtype)
 
   def encode(self, x_BHWC: jax.Array) -> jax.Array:
     return self.encoder(x_BHWC)
@@ -113,6 +125,8 @@ def from_config(cfg: ml_collections.ConfigDict, image_shape: Sequence[int]) -> A
       kernel_size=int(cfg.kernel_size),
       latent_dim=int(cfg.latent_dim),
       output=cfg.output,
+      conv_impl=cfg.get("conv_impl", "auto"),
+      dtype=None if cfg.get("dtype", "float32") == "float32" else jnp.dtype(cfg.dtype),
   )
 
 

@@ -244,7 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def check_meta(meta):
     conflicts = config_lib.resume_conflicts(meta["config"], config)
-    reshaping = [c for c in conflicts if c.startswith("model.") and not c.startswith("model.output")]
+    reshaping = [c for c in conflicts
+                 if c.startswith("model.") and not c.startswith(config_lib.PARAM_NEUTRAL)]
     if reshaping:
       raise ValueError(
           f"workdir={workdir!r} holds a model of another shape ({'; '.join(reshaping)}): its "

@@ -1,0 +1,197 @@
+"""Convolution layers written as shifted slices and one matmul, fast on XLA:CPU.
+
+`Conv` and `ConvTranspose` hold exactly the params of `nn.Conv` / `nn.ConvTranspose`
+(SAME padding): `kernel` [kh, kw, C_in, C_out] and `bias` [C_out], created in the
+same order with the same initializers, so either implementation loads the
+other's checkpoints and inits to the same values from the same key.
+
+Why: XLA:CPU runs the backward pass of a stride-2 `lax.conv_transpose` through
+a slow dilated-convolution path (~300 of ~380 ms of a batch-128 reference step),
+and inside `lax.scan` it does not hand convolutions to its fast library at all.
+A matmul is fast everywhere. Each layer expands the narrower side only:
+- `Conv` gathers k*k shifted input slices (im2col) and multiplies once; the
+  reference convs have C_in <= C_out, so the gathered tensor stays small.
+- `ConvTranspose` multiplies first, x_BHWC @ kernel -> one [B, H, W, k*k*C_out]
+  tensor, then overlap-adds each tap at its strided output position (col2im,
+  `lax.pad` with interior padding); no input is ever duplicated, and the FLOPs
+  are exactly those of the convolution.
+"""
+
+from collections.abc import Sequence
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+IMPLS = ("xla", "subpixel", "matmul")
+
+# Per-backend conv implementation for conv_impl='auto', from
+# `python -m experiments.benchmark` (numbers in experiments/BENCHMARKS.md). On the 2-core
+# XLA:CPU machine, reference AE train step at batch 128 / 32 (images/s):
+# xla 347 / 360, subpixel 1,540 / 2,070 (with XLA_FLAGS ynn fusion off),
+# matmul 600 / 1,860. The XLA path spends ~270 of ~370 ms of a batch-128 step
+# in the kernel gradients of the two stride-2 transposed convs (a dilated
+# convolution); 'subpixel' turns them into stride-1 convs. GPU/TPU: XLA's own
+# conv (cuDNN, TPU convs) has no such slow path, so 'xla' is kept there.
+AUTO_CONV_IMPL = {"cpu": "subpixel"}
+
+
+def resolve(conv_impl: str, platform: str | None = None) -> str:
+  """'auto' -> the measured choice for `platform` (default: JAX's default backend)."""
+  if conv_impl != "auto":
+    return conv_impl
+  return AUTO_CONV_IMPL.get(platform or jax.default_backend(), "xla")
+
+
+def _pair(v) -> tuple[int, int]:
+  return (int(v), int(v)) if isinstance(v, int) else tuple(int(d) for d in v)
+
+
+def _same_conv_padding(size: int, k: int, s: int) -> tuple[int, int, int]:
+  """(pad_lo, pad_hi, out) of lax's SAME padding for a strided convolution."""
+  out = -(-size // s)
+  total = max((out - 1) * s + k - size, 0)
+  return total // 2, total - total // 2, out
+
+
+def _same_transpose_padding(k: int, s: int) -> int:
+  """pad_lo of lax.conv_transpose's SAME padding on the stride-dilated input."""
+  return k - 1 if s > k - 1 else -(-(k + s - 2) // 2)
+
+
+class Conv(nn.Module):
+  """nn.Conv(features, kernel_size, strides, padding='SAME') as im2col + one matmul."""
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | int = 1
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    (kh, kw), (sh, sw) = _pair(self.kernel_size), _pair(self.strides)
+    c_in = x_BHWC.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
+    _, h, w, _ = x.shape
+    h_lo, h_hi, h_out = _same_conv_padding(h, kh, sh)
+    w_lo, w_hi, w_out = _same_conv_padding(w, kw, sw)
+    xp = jnp.pad(x, ((0, 0), (h_lo, h_hi), (w_lo, w_hi), (0, 0)))
+    # Tap (i, j) of output (y, x) reads input (y*s + i, x*s + j): one strided slice per tap.
+    taps = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (h_out - 1) * sh + 1,
+                                         j + (w_out - 1) * sw + 1, c_in), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    y = patches @ kernel.reshape(kh * kw * c_in, self.features)
+    return y + bias
+
+
+class ConvTranspose(nn.Module):
+  """nn.ConvTranspose(features, kernel_size, strides, padding='SAME') as one matmul + col2im."""
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | int = 1
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    (kh, kw), (sh, sw) = _pair(self.kernel_size), _pair(self.strides)
+    b, h, w, c_in = x_BHWC.shape
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
+    # lax.conv_transpose (transpose_kernel=False) correlates the s-dilated, padded input
+    # with the kernel, so input i reaches output y = s*i + pad_lo - t through tap t.
+    h_lo, w_lo = _same_transpose_padding(kh, sh), _same_transpose_padding(kw, sw)
+    h_out, w_out = h * sh, w * sw
+    z = x @ jnp.moveaxis(kernel, 2, 0).reshape(c_in, kh * kw * self.features)
+    z = z.reshape(b, h, w, kh, kw, self.features)
+    y = None
+    for i in range(kh):
+      for j in range(kw):
+        # Interior padding s-1 spreads the inputs s apart; negative edge padding crops.
+        lo_h, lo_w = h_lo - i, w_lo - j
+        placed = lax.pad(z[:, :, :, i, j, :], jnp.zeros((), z.dtype), (
+            (0, 0, 0),
+            (lo_h, h_out - (h - 1) * sh - 1 - lo_h, sh - 1),
+            (lo_w, w_out - (w - 1) * sw - 1 - lo_w, sw - 1),
+            (0, 0, 0)))
+        y = placed if y is None else y + placed
+    return y + bias
+
+
+class SubpixelConvTranspose(nn.Module):
+  """nn.ConvTranspose(..., padding='SAME') as one stride-1 conv to s*s phases + depth-to-space."""
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | int = 1
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    (kh, kw), (sh, sw) = _pair(self.kernel_size), _pair(self.strides)
+    b, h, w, c_in = x_BHWC.shape
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
+    # Output s*i + r reads input i + d through tap t where d = (r + t - pad_lo) / s.
+    def taps(k, s, pad_lo):
+      return [(r, t, (r + t - pad_lo) // s) for r in range(s) for t in range(k) if (r + t - pad_lo) % s == 0]
+    th = taps(kh, sh, _same_transpose_padding(kh, sh))
+    tw = taps(kw, sw, _same_transpose_padding(kw, sw))
+    phases = []
+    for rh in range(sh):
+      for rw in range(sw):
+        hs = [(t, d) for r, t, d in th if r == rh]
+        ws = [(t, d) for r, t, d in tw if r == rw]
+        if not hs or not ws:  # no tap reaches this phase (kernel smaller than stride)
+          phases.append(jnp.zeros((b, h, w, self.features), x.dtype))
+          continue
+        # Taps in increasing offset d, the order a correlation's window reads them.
+        hs, ws = sorted(hs, key=lambda td: td[1]), sorted(ws, key=lambda td: td[1])
+        sub = kernel[jnp.array([t for t, _ in hs])][:, jnp.array([t for t, _ in ws])]
+        phases.append(lax.conv_general_dilated(
+            x, sub, (1, 1), ((-hs[0][1], hs[-1][1]), (-ws[0][1], ws[-1][1])),
+            dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    y = jnp.stack(phases, axis=3).reshape(b, h, w, sh, sw, self.features).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(b, h * sh, w * sw, self.features) + bias
+
+
+def conv(impl: str, features: int, kernel_size, strides, name: str, dtype=None) -> nn.Module:
+  """A SAME-padded conv: 'xla' and 'subpixel' give nn.Conv, 'matmul' gives Conv (im2col)."""
+  impl = resolve(impl)
+  if impl not in IMPLS:
+    raise ValueError(f"conv_impl={impl!r}: expected one of {IMPLS} or 'auto'")
+  cls = Conv if impl == "matmul" else functools.partial(nn.Conv, padding="SAME")
+  return cls(features, _pair(kernel_size), strides=_pair(strides), dtype=dtype, name=name)
+
+
+def conv_transpose(impl: str, features: int, kernel_size, strides, name: str | None = None,
+                   dtype=None) -> nn.Module:
+  """A SAME-padded transposed conv: 'xla' nn.ConvTranspose, 'matmul' ConvTranspose (col2im),
+  'subpixel' SubpixelConvTranspose when strided (a stride-1 one is a plain conv already)."""
+  impl = resolve(impl)
+  if impl not in IMPLS:
+    raise ValueError(f"conv_impl={impl!r}: expected one of {IMPLS} or 'auto'")
+  if impl == "subpixel" and _pair(strides) != (1, 1):
+    cls = SubpixelConvTranspose
+  elif impl == "matmul":
+    cls = ConvTranspose
+  else:
+    cls = functools.partial(nn.ConvTranspose, padding="SAME")
+  return cls(features, _pair(kernel_size), strides=_pair(strides), dtype=dtype, name=name)

@@ -1,0 +1,63 @@
+r"""Where a reference train step spends its time: the XLA ops of one compiled step, slowest first.
+
+  python -m experiments.profile_step --conv_impl=subpixel --batch=128
+
+Traces --steps steps with jax.profiler, then sums each op's time per step and
+prints it with the op's shape and the source line it came from.
+"""
+
+import collections
+import functools
+import glob
+import gzip
+import json
+import re
+import sys
+import tempfile
+
+from absl import app, flags
+import jax
+import numpy as np
+
+from ae_jax import config as config_lib
+from ae_jax import layers, models, parallel, train
+
+_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", *layers.IMPLS], "Conv implementation.")
+_BATCH = flags.DEFINE_integer("batch", 128, "Batch size.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Traced steps.")
+_TOP = flags.DEFINE_integer("top", 20, "Ops printed.")
+
+
+def main(argv):
+  del argv
+  model = models.Autoencoder(conv_impl=_IMPL.value)
+  state = train.create_train_state(model, config_lib.get_default(), jax.random.key(0))
+  step = jax.jit(functools.partial(parallel.multi_step, functools.partial(train.train_step, loss="mse")),
+                 donate_argnums=0)
+  batch = {"image": jax.device_put(np.random.default_rng(0).random((1, _BATCH.value, 28, 28, 1), np.float32))}
+  key = jax.random.key(1)
+  hlo = step.lower(state, batch, key).compile().as_text()
+  state, m = step(state, batch, key)
+  jax.block_until_ready(m)
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+      for _ in range(_STEPS.value):
+        state, m = step(state, batch, key)
+      jax.block_until_ready(m)
+    events = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))["traceEvents"]
+  per_op = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and not e["name"].startswith(("ThunkExecutor", "$")):
+      per_op[e["name"]] += e["dur"] / 1e3 / _STEPS.value
+  total = sum(per_op.values())
+  print(f"conv_impl={layers.resolve(_IMPL.value)} batch={_BATCH.value}: {total:.1f} ms of ops per step "
+        f"({_BATCH.value / total * 1e3:.0f} images/s if nothing else ran)")
+  for name, ms in per_op.most_common(_TOP.value):
+    line = next((ln for ln in hlo.splitlines() if re.search(rf"%{re.escape(name)} = ", ln)), "")
+    shape = line.split(" = ")[1].split(" ")[0] if line else "?"
+    op = re.search(r'op_name="([^"]+)"', line)
+    print(f"{ms:8.2f} ms {100 * ms / total:5.1f}%  {name:34s} {shape:28s} {op.group(1)[-70:] if op else ''}")
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
