@@ -13,12 +13,13 @@ import time
 from absl import logging
 from flax.training import train_state
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from ae_jax import checkpoint, data, losses, metrics, models, noise, parallel, plots, probes
+from ae_jax import checkpoint, data, layers, losses, metrics, models, noise, parallel, plots, probes
 from ae_jax import config as config_lib
 
 TrainState = train_state.TrainState
@@ -227,7 +228,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   config_lib.validate(config)
   check_workdir(workdir)
-  devices = parallel.select_devices(config.num_devices if config.parallel != "jit" else 1)
+  devices = parallel.select_devices(config.num_devices if config.parallel != "jit" else 1,
+                                    config.parallel)
+  # In a multi-process run every process trains and checkpoints (Orbax writes
+  # collectively); only process 0 writes metrics, pictures, eval.json and run.json.
+  chief = jax.process_index() == 0
   parallel.check_batch(config.batch_size, devices, config.parallel)
   ds = data.load(config.data)
   n_train = len(ds.train_x)
@@ -261,7 +266,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f"and {steps_per_epoch}: use a new workdir")
 
   start_step, log_window, restored, unreadable = 0, {"steps": 0, "sums": {}}, None, []
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+  has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints"))
+  if jax.process_count() > 1:  # every process must see the workdir before any of them writes to it
+    multihost_utils.sync_global_devices("ae_jax: workdir checked")
+  if has_checkpoints:
     reader = checkpoint.manager(workdir, config.keep_checkpoints)
     try:
       restored = checkpoint.restore_latest(reader, state, check_meta)
@@ -281,8 +289,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       return json.load(f)
 
   # All checks passed: from here on the workdir is written.
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.set_aside(workdir, unreadable)
+  if chief:
+    os.makedirs(workdir, exist_ok=True)
+    checkpoint.set_aside(workdir, unreadable)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   n_params = {"encoder": models.count_params(state.params["encoder"]),
               "decoder": models.count_params(state.params["decoder"]),
@@ -293,29 +302,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(run_path) as f:
       earlier = json.load(f)
     previous = earlier.pop("previous", []) + [earlier]
-  metrics.write_json(run_path, {
+  run_record = {
       "config": json.loads(config.to_json_best_effort()),
       "versions": _versions(),
       "data": ds.summary(),
       "devices": [str(d) for d in devices],
+      "processes": jax.process_count(),
       "parallel": config.parallel,
+      "conv_impl": layers.resolve(config.model.conv_impl),
       "param_counts": n_params,
       "steps_per_epoch": steps_per_epoch,
       "total_steps": total_steps,
       "resumed_from_step": start_step,
       "previous": previous,
-  })
+  }
+  if chief:
+    metrics.write_json(run_path, run_record)
   logging.info("data %s: %d train / %d test, image shape %s", ds.source, n_train,
                len(ds.test_x), ds.image_shape)
-  logging.info("model: %s params (encoder %s, decoder %s); %s on %d device(s)",
-               f"{n_params['total']:,}", f"{n_params['encoder']:,}", f"{n_params['decoder']:,}",
-               config.parallel, len(devices))
+  logging.info("model: %s params (encoder %s, decoder %s); %s on %d device(s) of %d process(es), "
+               "conv_impl %s", f"{n_params['total']:,}", f"{n_params['encoder']:,}",
+               f"{n_params['decoder']:,}", config.parallel, len(devices), jax.process_count(),
+               run_record["conv_impl"])
 
   step_fn = functools.partial(train_step, loss=config.loss, corrupt=corrupt)
   runner = parallel.make_runner(config.parallel, step_fn, devices, config.batch_size)
   eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply, loss=config.loss,
                                       corrupt=corrupt))
-  writer = metrics.Writer(workdir, start_step)
+  writer = metrics.Writer(workdir, start_step) if chief else None
   dstate = runner.put_state(state)
 
   step, order_epoch, order = start_step, -1, None
@@ -341,7 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       now = time.perf_counter()
       rate = window["timed"] * config.batch_size / (now - window["t"])
       means = {f"train_{n}": s / window["steps"] for n, s in window["sums"].items()}
-      writer.write(end, "train", {**means, "images_per_sec": rate, "epoch": end / steps_per_epoch})
+      if writer:
+        writer.write(end, "train", {**means, "images_per_sec": rate, "epoch": end / steps_per_epoch})
       eta = (total_steps - end) * config.batch_size / rate
       logging.info("step %d/%d (epoch %.2f) loss %.5f mse %.5f | %.0f img/s | ETA %s", end,
                    total_steps, end / steps_per_epoch, means["train_loss"], means["train_mse"],
@@ -357,7 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         end = _chunk_end(step, steps_per_epoch, config.steps_per_call)
         pos = step - epoch * steps_per_epoch
         idx = order[pos * config.batch_size:(end - epoch * steps_per_epoch) * config.batch_size]
-        batches = {"image": ds.train_x[idx].reshape(end - step, config.batch_size, *ds.image_shape)}
+        idx = idx.reshape(end - step, config.batch_size)[:, runner.local_rows]  # this process's rows
+        batches = {"image": ds.train_x[idx]}
         dstate, device_metrics = runner.step(dstate, runner.put_batches(batches), train_key)
         if pending is not None:  # sync on the previous call only after dispatching this one
           drain(*pending)
@@ -374,10 +390,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           last_eval = evaluate(eval_fn, host_state.params, ds.test_x, eval_key,
                                config.eval_batch_size)
           last_eval.update(step=step, epoch=step // steps_per_epoch)
-          writer.write(step, "eval", last_eval)
-          metrics.write_json(eval_path, last_eval)
-          _save_pictures(workdir, model, host_state.params, ds, corrupt, eval_key,
-                         config.num_images)
+          if chief:
+            writer.write(step, "eval", last_eval)
+            metrics.write_json(eval_path, last_eval)
+            _save_pictures(workdir, model, host_state.params, ds, corrupt, eval_key,
+                           config.num_images)
           logging.info("eval at step %d (epoch %d): %s", step, step // steps_per_epoch,
                        ", ".join(f"{k} {v:.5f}" for k, v in last_eval.items()
                                  if k.endswith(("mse", "psnr", "loss"))))
@@ -394,5 +411,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     mngr.wait_until_finished()  # an async save in flight completes (or fails) before exit
     mngr.close()
-    writer.close()
+    if writer:
+      writer.close()
   return last_eval

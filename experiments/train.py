@@ -4,8 +4,14 @@ Rerunning the same command with the same workdir resumes from its latest
 checkpoint. Override any config field with `--config.FIELD=VALUE`.
 
 Exit codes: 0 done; 2 bad input (one line naming the field, before any work);
-3 training diverged (non-finite loss); 4 no readable checkpoint;
+3 training diverged (non-finite loss); 4 no readable checkpoint; 5 the processes
+of a multi-process run could not all join within --distributed_timeout_s;
 128 + signal number after SIGTERM/SIGINT (the current step was checkpointed).
+
+Multi-process (one command per host, same config and workdir on a shared
+filesystem; README "Many hosts"): --num_processes, --process_id and
+--coordinator_address, or their JAX_* environment variables; --distributed alone
+lets JAX find them on TPU pods, SLURM, Open MPI and Kubernetes.
 """
 
 import logging as py_logging
@@ -16,13 +22,29 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ae_jax import checkpoint, data, train
+from ae_jax import checkpoint, data, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Continue a workdir whose saved run has a different config.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process run (jax.distributed); implied by --num_processes > 1.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
+    "host:port of process 0's coordinator (default $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None,
+    "Processes in the run (default $JAX_NUM_PROCESSES).", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None,
+    "This process's index, 0 .. num_processes - 1 (default $JAX_PROCESS_ID).", lower_bound=0)
+_DIST_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout_s", 300, "Seconds to wait for every process to join.", lower_bound=1)
+_PEER_TIMEOUT = flags.DEFINE_integer(
+    "peer_timeout_s", 100, "A process whose peer stops answering this long exits with an error.",
+    lower_bound=1)
 
 
 def _fail(message: str, code: int = 2):
@@ -85,6 +107,15 @@ def main(argv):
     _fail("--config and --workdir are required")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  n, pid = _NUM_PROCESSES.value, _PROCESS_ID.value
+  if n is not None and pid is not None and pid >= n:
+    _fail(f"--process_id={pid}: expected 0 .. {n - 1} for --num_processes={n}")
+  if _DISTRIBUTED.value or (n or 1) > 1:
+    if n is not None and n > 1 and (pid is None or not _COORDINATOR.value):
+      _fail(f"--num_processes={n}: also give --process_id and --coordinator_address (or "
+            "JAX_PROCESS_ID and JAX_COORDINATOR_ADDRESS)")
+    parallel.initialize_distributed(_COORDINATOR.value, n, pid, timeout_s=_DIST_TIMEOUT.value,
+                                    peer_timeout_s=_PEER_TIMEOUT.value)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
   except (ValueError, data.DataError) as e:

@@ -13,10 +13,11 @@ import jax
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import models, noise, parallel, train
+from ae_jax import layers, models, noise, parallel, train
 
 _STEPS = flags.DEFINE_integer("steps", 4, "Train steps.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
+_IMPL = flags.DEFINE_enum("conv_impl", "xla", list(layers.IMPLS), "Conv implementation.")
 
 
 def rel_err(a, b) -> float:
@@ -29,11 +30,12 @@ def rel_err(a, b) -> float:
 
 
 def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
-                steps_per_call: int = 1, kind: str = "gaussian"):
+                steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "xla"):
   """(host state, per-step losses) after `steps` steps of the reference DAE on fixed batches."""
   cfg = config_lib.get_default()
   cfg.noise.kind = kind
-  state = train.create_train_state(models.Autoencoder(), cfg, jax.random.key(0))
+  model = models.Autoencoder(conv_impl=conv_impl)
+  state = train.create_train_state(model, cfg, jax.random.key(0))
   step_fn = functools.partial(train.train_step, loss="mse", corrupt=noise.corruption_fn(cfg.noise))
   runner = parallel.make_runner(mode, step_fn, devices, batch)
   images = np.asarray(jax.random.uniform(jax.random.key(1), (steps, batch, 28, 28, 1)))
@@ -49,14 +51,14 @@ def main(argv):
   del argv
   devices = tuple(jax.devices())
   one = devices[:1]
-  ref, ref_losses = train_steps("jit", one, _STEPS.value, _BATCH.value)
+  ref, ref_losses = train_steps("jit", one, _STEPS.value, _BATCH.value, conv_impl=_IMPL.value)
   init = train.create_train_state(models.Autoencoder(), config_lib.get_default(), jax.random.key(0))
   print(f"{len(devices)} {devices[0].platform} devices; {_STEPS.value} steps of global batch "
         f"{_BATCH.value}; params moved {rel_err(init.params, ref.params):.3e} (relative) from init")
   for name, mode, devs, k in [("pmap", "pmap", devices, 1), ("mesh", "mesh", devices, 1),
                               ("jit, 2 steps/call", "jit", one, 2),
                               ("pmap, 2 steps/call", "pmap", devices, 2)]:
-    state, losses = train_steps(mode, devs, _STEPS.value, _BATCH.value, k)
+    state, losses = train_steps(mode, devs, _STEPS.value, _BATCH.value, k, conv_impl=_IMPL.value)
     loss_err = float(np.max(np.abs(losses / ref_losses - 1)))
     print(f"{name:20s} vs jit on 1 device: params rel. diff {rel_err(state.params, ref.params):.2e}, "
           f"max loss rel. diff {loss_err:.2e}")
