@@ -30,6 +30,7 @@ import numpy as np
 
 from ae_jax import config as config_lib
 from ae_jax import layers, models, noise, parallel, train
+import experiments
 
 _MODELS = flags.DEFINE_list("models", ["ae", "dae"], "ae and/or dae.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["32", "128", "1024"], "Batch sizes.")
@@ -245,4 +246,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  experiments.use_fast_cpu_flags()
   sys.exit(app.run(main))

@@ -21,6 +21,7 @@ import numpy as np
 
 from ae_jax import config as config_lib
 from ae_jax import layers, models, parallel, train
+import experiments
 
 _IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", *layers.IMPLS], "Conv implementation.")
 _BATCH = flags.DEFINE_integer("batch", 128, "Batch size.")
@@ -60,4 +61,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  experiments.use_fast_cpu_flags()
   sys.exit(app.run(main))

@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ae_jax import checkpoint, data, parallel, train
+import experiments
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/*.py).",
                                           lock_config=True)
@@ -129,4 +130,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  experiments.use_fast_cpu_flags()
   app.run(main, flags_parser=parse_flags)
