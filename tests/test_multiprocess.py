@@ -24,11 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config", "experiments/configs/quickstart.py", "--config.data.train_size=64",
         "--config.data.test_size=64", "--config.batch_size=16", "--config.num_epochs=1",
         "--config.checkpoint_every_steps=2", "--config.log_every_steps=1", "--config.keep_checkpoints=4",
-        "--config.eval_batch_size=64", "--config.num_images=4",
-        # The 'subpixel' layers (CPU default) agree with these to 7e-7 in one gradient, but
-        # within 4 steps a 1-process 4-device mesh run drifts 2.8e-5 from 1 device while
-        # 'xla' and 'matmul' stay at 2e-8 (experiments/wrapper_agreement.py): not yet explained.
-        "--config.model.conv_impl=xla"]
+        "--config.eval_batch_size=64", "--config.num_images=4"]
 
 
 def _free_port() -> int:
@@ -113,13 +109,14 @@ def _params(workdir, step=None):
 
 
 def test_two_processes_match_one_process_and_one_device(runs):
-  # Adam turns reduction-order rounding (~1e-7 in a gradient) into larger parameter
-  # differences within a few steps of this run (measured: < 1e-7 at step 2, up to
-  # 4e-5 at step 4, between any two of the three layouts), so step 2 is held to 1e-5
-  # and the end of the epoch to 1e-4.
-  for step, tol in ((2, 1e-5), (4, 1e-4)):
+  # The layouts sum gradients in different orders (rounding ~1e-8 relative here). A
+  # ReLU pre-activation that falls within that rounding of 0 takes different sides in
+  # two layouts and grows the gap to ~1e-5 in one step (measured on random images,
+  # experiments/wrapper_agreement.py; with GELU in place of ReLU it stays ~2e-8); this
+  # run has no such tie: all three pairs agree to < 2e-8 at steps 2 and 4.
+  for step in (2, 4):
     p22, p14, p11 = (_params(runs[k], step) for k in ("2x2", "1x4", "1x1"))
-    assert rel_err(p22, p14) < tol and rel_err(p22, p11) < tol, step
+    assert max(rel_err(p22, p14), rel_err(p22, p11), rel_err(p14, p11)) < 1e-5, step
   assert rel_err(p22, _params(runs["straight"])) > 1e-2  # an epoch moves them far more than that
   e22, e11 = (json.load(open(runs[k] / "eval.json")) for k in ("2x2", "1x1"))
   assert abs(e22["test_mse"] - e11["test_mse"]) <= 1e-4 * e11["test_mse"]
@@ -142,7 +139,7 @@ def test_checkpoints_restore_across_process_counts(runs):
     assert run["previous"][0]["processes"] == 3 - processes
   straight = _params(runs["straight"])
   assert rel_err(_params(runs["1to2"]), straight) < 1e-5  # continues 1 x 4's own checkpoint
-  assert rel_err(_params(runs["2to1"]), straight) < 1e-4  # carries 2 x 2's step-4 difference
+  assert rel_err(_params(runs["2to1"]), straight) < 1e-5  # continues 2 x 2's checkpoint
 
 
 def test_a_killed_peer_stops_the_other_process(tmp_path):
