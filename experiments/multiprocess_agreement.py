@@ -1,0 +1,120 @@
+r"""Runs the reference DAE as 2 processes x 2 CPU devices, 1 x 4 and 1 x 1; prints how far apart they are.
+
+  python -m experiments.multiprocess_agreement --workdir /tmp/mp_agreement
+
+Processes talk over 127.0.0.1 (gloo collectives), as in tests/test_multiprocess.py,
+which uses the launcher here. After one epoch (4 steps of batch 16 on 64 embedded
+digits) each run's checkpoint is continued on the other process count (2 -> 1,
+1 -> 2) and compared with a straight 2-epoch run. Prints relative L2 distances.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+import orbax.checkpoint as ocp
+
+from experiments.wrapper_agreement import rel_err
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The reference DAE (quickstart = dae_mnist on the embedded digits), 4 steps of batch 16 per epoch.
+ARGS = ("--config", "experiments/configs/quickstart.py", "--config.data.train_size=64",
+        "--config.data.test_size=64", "--config.batch_size=16", "--config.num_epochs=1",
+        "--config.checkpoint_every_steps=2", "--config.log_every_steps=1", "--config.keep_checkpoints=4",
+        "--config.eval_batch_size=64", "--config.num_images=4")
+MESH = ("--config.parallel=mesh",)
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Empty folder for the runs.", required=True)
+
+
+class Hung(RuntimeError):
+  """A launched process outlived its deadline (it and its peers were killed)."""
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start(workdir, log_dir, processes: int, devices: int, extra=(), tag="run"):
+  """Starts `processes` copies of experiments.train; returns [(Popen, log path)]."""
+  port = free_port()
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu"}
+  started = []
+  for i in range(processes):
+    dist = [] if processes == 1 else [f"--num_processes={processes}", f"--process_id={i}",
+                                      f"--coordinator_address=127.0.0.1:{port}"]
+    log = os.path.join(log_dir, f"{tag}.{i}.log")
+    with open(log, "w") as f:  # a file, not a pipe: a full pipe would stall the process
+      p = subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdir}",
+                            *extra, *dist], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    started.append((p, log))
+  return started
+
+
+def wait(started, timeout: float = 240) -> list[tuple[int, str]]:
+  """(returncode, output) of each process; all are killed (Hung) if any outlives the deadline."""
+  deadline = time.monotonic() + timeout
+  try:
+    for p, _ in started:
+      p.wait(timeout=max(0.1, deadline - time.monotonic()))
+  except subprocess.TimeoutExpired:
+    for p, _ in started:
+      p.kill()
+    for p, _ in started:
+      p.wait()
+    logs = "\n".join(open(log).read()[-2000:] for _, log in started)
+    raise Hung(f"a process hung past {timeout} s and was killed:\n{logs}") from None
+  return [(p.returncode, open(log).read()) for p, log in started]
+
+
+def check(results) -> None:
+  for rc, out in results:
+    if rc != 0:
+      raise RuntimeError(f"a process exited with {rc}:\n{out[-3000:]}")
+
+
+def run_all(d: str) -> dict:
+  """1 epoch as 2x2, 1x1 and 1x4; 2x2 -> 1x4 and 1x4 -> 2x2 for a 2nd epoch; a straight 2 epochs."""
+  runs = {name: os.path.join(d, name) for name in ("2x2", "1x1", "1x4", "2to1", "1to2", "straight")}
+  two, one = start(runs["2x2"], d, 2, 2, MESH, "2x2"), start(runs["1x1"], d, 1, 1, (), "1x1")
+  check(wait(two) + wait(one))  # these two share the cores at once
+  check(wait(start(runs["1x4"], d, 1, 4, MESH, "1x4")))
+  shutil.copytree(runs["2x2"], runs["2to1"])
+  shutil.copytree(runs["1x4"], runs["1to2"])
+  more = (*MESH, "--config.num_epochs=2")
+  check(wait(start(runs["2to1"], d, 1, 4, more, "2to1")))
+  check(wait(start(runs["1to2"], d, 2, 2, more, "1to2")))
+  check(wait(start(runs["straight"], d, 1, 4, more, "straight")))
+  return runs
+
+
+def params(workdir, step):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state["params"]
+  finally:
+    mngr.close()
+
+
+def main(argv):
+  del argv
+  os.makedirs(_WORKDIR.value, exist_ok=False)
+  runs = run_all(_WORKDIR.value)
+  for step in (2, 4):
+    p = {k: params(runs[k], step) for k in ("2x2", "1x4", "1x1")}
+    print(f"step {step}: 2x2 vs 1x4 {rel_err(p['2x2'], p['1x4']):.2e}, 2x2 vs 1x1 "
+          f"{rel_err(p['2x2'], p['1x1']):.2e}, 1x4 vs 1x1 {rel_err(p['1x4'], p['1x1']):.2e}")
+  straight = params(runs["straight"], 8)
+  print(f"step 8 vs straight 1x4: 2->1 {rel_err(params(runs['2to1'], 8), straight):.2e}, "
+        f"1->2 {rel_err(params(runs['1to2'], 8), straight):.2e}, "
+        f"(moved from step 4: {rel_err(params(runs['1x4'], 4), straight):.2e})")
+
+
+if __name__ == "__main__":
+  app.run(main)
