@@ -10,7 +10,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # (num_epochs extends a run; the rest are bookkeeping or placement).
 RESUMABLE = ("num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
              "eval_batch_size", "num_images", "parallel", "num_devices", "steps_per_call",
-             "data.dir", "data.download", "model.conv_impl")
+             "data_on_device", "data.dir", "data.download", "model.conv_impl")
 # Model fields that leave the params' shapes alone, so a rerun may change them with
 # --allow_config_change; any other model.* field makes the saved params unloadable.
 PARAM_NEUTRAL = ("model.output", "model.conv_impl", "model.dtype")
@@ -27,9 +27,13 @@ def get_default() -> ml_collections.ConfigDict:
   c.loss = "mse"
   c.parallel = "jit"
   c.num_devices = ml_collections.FieldReference(None, field_type=int)  # None: all local devices
-  # Train steps per compiled call: 1 is fastest on XLA:CPU, K > 1 (a lax.scan
-  # over K batches) usually wins on GPU/TPU where per-call overhead dominates.
-  c.steps_per_call = 1
+  # Train steps per compiled call (K > 1: a lax.scan over K batches). None picks
+  # per backend from measurements (train.AUTO_STEPS_PER_CALL).
+  c.steps_per_call = ml_collections.FieldReference(None, field_type=int)
+  # Place the training images on the devices once; each call then sends only the
+  # batches' indices. False gathers each batch on the host (for data larger than
+  # device memory).
+  c.data_on_device = True
   c.eval_batch_size = 1000
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
@@ -111,11 +115,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"{extra[0]}: unknown config key (see ae_jax/config.py for the known ones)")
   if not isinstance(c.seed, int) or isinstance(c.seed, bool) or c.seed < 0:
     raise ValueError(f"seed={c.seed!r}: expected an integer >= 0")
-  for field in ("batch_size", "num_epochs", "steps_per_call", "eval_batch_size",
+  for field in ("batch_size", "num_epochs", "eval_batch_size",
                 "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     _positive(field, c[field])
-  if c.num_devices is not None:
-    _positive("num_devices", c.num_devices)
+  for field in ("num_devices", "steps_per_call"):
+    if c[field] is not None:
+      _positive(field, c[field])
+  if not isinstance(c.data_on_device, bool):
+    raise ValueError(f"data_on_device={c.data_on_device!r}: expected True or False")
   _number("learning_rate", c.learning_rate, what="a positive number")
   if not c.learning_rate > 0:
     raise ValueError(f"learning_rate={c.learning_rate!r}: expected a positive number")

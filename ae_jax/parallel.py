@@ -24,8 +24,11 @@ AXIS = "data"
 class Runner(NamedTuple):
   """How state and batches are laid out on devices, and the compiled step over that layout.
 
-  step(state, batches, key) -> (state, metrics): batches are numpy leaves
-  [K, B, ...] (K steps of global batch B) once passed through put_batches.
+  step(state, batches, key, table=None) -> (state, metrics): batches are numpy
+  leaves [K, B, ...] (K steps of global batch B) once passed through put_batches.
+  With a `table` (put_table: the dataset, placed on the devices once), batches
+  are {"index": int32 [K, B]} and each step gathers its examples from the table
+  on device, so a call moves only indices from the host.
   """
 
   mode: str
@@ -36,6 +39,7 @@ class Runner(NamedTuple):
   put_batches: Callable[[Any], Any]  # this process's rows [K, local_rows, ...] -> global batches
   get_metrics: Callable[[Any], Any]  # metrics as numpy [K]
   local_rows: slice  # the rows of each global batch this process feeds
+  put_table: Callable[[Any], Any]  # {name: [N, ...]} on every device, once per run
 
 
 JOIN_TIMEOUT_EXIT = 5
@@ -101,13 +105,28 @@ def check_batch(batch_size: int, devices: tuple, mode: str) -> None:
         f"(parallel={mode!r}); use a multiple of {len(devices)}")
 
 
-def multi_step(step_fn: Callable, state, batches, key, **kwargs):
+def gather(table, batch):
+  """The batch itself, or with a table, the table's rows at batch['index']."""
+  if table is None:
+    return batch
+  return {name: values[batch["index"]] for name, values in table.items()}
+
+
+def multi_step(step_fn: Callable, state, batches, key, table=None, **kwargs):
   """Applies step_fn to K stacked batches; K == 1 skips the scan (faster on XLA:CPU)."""
   k = jax.tree.leaves(batches)[0].shape[0]
   if k == 1:
-    state, metrics = step_fn(state, jax.tree.map(lambda x: x[0], batches), key, **kwargs)
+    batch = gather(table, jax.tree.map(lambda x: x[0], batches))
+    state, metrics = step_fn(state, batch, key, **kwargs)
     return state, jax.tree.map(lambda m: m[None], metrics)
-  return jax.lax.scan(lambda s, b: step_fn(s, b, key, **kwargs), state, batches)
+  return jax.lax.scan(lambda s, b: step_fn(s, gather(table, b), key, **kwargs), state, batches)
+
+
+def _with_table(compiled: Callable) -> Callable:
+  """step(state, batches, key, table=None): the compiled step always takes the table argument."""
+  def step(state, batches, key, table=None):
+    return compiled(state, batches, key, table)
+  return step
 
 
 def _host(tree):
@@ -123,20 +142,21 @@ def make_runner(mode: str, step_fn: Callable, devices: tuple, batch_size: int) -
                        "use parallel='pmap' or 'mesh' for more")
     device = devices[0]
     step = jax.jit(functools.partial(multi_step, step_fn), donate_argnums=0)
-    return Runner(mode, devices, step,
+    return Runner(mode, devices, _with_table(step),
                   put_state=lambda s: jax.device_put(s, device),
                   get_state=_host,
                   put_batches=lambda b: jax.device_put(b, device),
-                  get_metrics=_host, local_rows=slice(0, batch_size))
+                  get_metrics=_host, local_rows=slice(0, batch_size),
+                  put_table=lambda t: jax.device_put(t, device))
 
   if mode == "pmap":
     n = len(devices)
     step = jax.pmap(functools.partial(multi_step, step_fn, axis_name=AXIS), axis_name=AXIS,
-                    in_axes=(0, 0, None), donate_argnums=0, devices=devices)
+                    in_axes=(0, 0, None, 0), donate_argnums=0, devices=devices)
     # pmap's per-device leading axis, laid out as one array sharded over it.
     per_device = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
 
-    def put_state(s):
+    def put_state(s):  # also a table: one copy per device
       return jax.device_put(
           jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), s), per_device)
 
@@ -146,18 +166,18 @@ def make_runner(mode: str, step_fn: Callable, devices: tuple, batch_size: int) -
         return np.swapaxes(x.reshape(x.shape[0], n, x.shape[1] // n, *x.shape[2:]), 0, 1)
       return jax.device_put(jax.tree.map(split, b), per_device)
 
-    return Runner(mode, devices, step, put_state=put_state,
+    return Runner(mode, devices, _with_table(step), put_state=put_state,
                   get_state=lambda s: _host(jax.tree.map(lambda x: x[0], s)),
                   put_batches=put_batches,
                   get_metrics=lambda m: _host(jax.tree.map(lambda x: x[0], m)),
-                  local_rows=slice(0, batch_size))
+                  local_rows=slice(0, batch_size), put_table=put_state)
 
   if mode == "mesh":
     mesh = Mesh(np.asarray(devices), (AXIS,))
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(None, AXIS))  # [K, B, ...]: split B
     step = jax.jit(functools.partial(multi_step, step_fn), donate_argnums=0,
-                   in_shardings=(replicated, batch_sharding, replicated),
+                   in_shardings=(replicated, batch_sharding, replicated, replicated),
                    out_shardings=(replicated, replicated))
     # This process's devices hold one contiguous block of rows of every global batch.
     index_map = batch_sharding.addressable_devices_indices_map((1, batch_size))
@@ -170,7 +190,7 @@ def make_runner(mode: str, step_fn: Callable, devices: tuple, batch_size: int) -
       return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
           batch_sharding, x, (x.shape[0], batch_size, *x.shape[2:])), b)
 
-    def put_state(s):
+    def put_state(s):  # also a table
       # Every process holds the same host state; each fills its own devices from it
       # (device_put across processes would first compare the values over the network).
       def fill(x):
@@ -178,10 +198,10 @@ def make_runner(mode: str, step_fn: Callable, devices: tuple, batch_size: int) -
         return jax.make_array_from_callback(x.shape, replicated, lambda idx: x[idx])
       return jax.tree.map(fill, s)
 
-    return Runner(mode, devices, step,
+    return Runner(mode, devices, _with_table(step),
                   put_state=put_state,
                   get_state=_host,
                   put_batches=put_batches,
-                  get_metrics=_host, local_rows=rows)
+                  get_metrics=_host, local_rows=rows, put_table=put_state)
 
   raise ValueError(f"parallel={mode!r}: expected one of ('jit', 'pmap', 'mesh')")

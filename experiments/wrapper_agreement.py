@@ -30,8 +30,13 @@ def rel_err(a, b) -> float:
 
 
 def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
-                steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "xla"):
-  """(host state, per-step losses) after `steps` steps of the reference DAE on fixed batches."""
+                steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "xla",
+                on_device: bool = False):
+  """(host state, per-step losses) after `steps` steps of the reference DAE on fixed batches.
+
+  on_device: the images go to the devices once (Runner.put_table) and each call
+  sends only indices, as experiments.train does by default.
+  """
   cfg = config_lib.get_default()
   cfg.noise.kind = kind
   model = models.Autoencoder(conv_impl=conv_impl)
@@ -39,10 +44,13 @@ def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
   step_fn = functools.partial(train.train_step, loss="mse", corrupt=noise.corruption_fn(cfg.noise))
   runner = parallel.make_runner(mode, step_fn, devices, batch)
   images = np.asarray(jax.random.uniform(jax.random.key(1), (steps, batch, 28, 28, 1)))
+  table = runner.put_table({"image": images.reshape(steps * batch, 28, 28, 1)}) if on_device else None
+  index = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)
   dstate, losses = runner.put_state(state), []
   for start in range(0, steps, steps_per_call):
-    batches = {"image": images[start:start + steps_per_call]}
-    dstate, m = runner.step(dstate, runner.put_batches(batches), jax.random.key(2))
+    chunk = slice(start, start + steps_per_call)
+    batches = {"index": index[chunk]} if on_device else {"image": images[chunk]}
+    dstate, m = runner.step(dstate, runner.put_batches(batches), jax.random.key(2), table)
     losses += list(runner.get_metrics(m)["loss"])
   return runner.get_state(dstate), np.asarray(losses)
 

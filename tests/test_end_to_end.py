@@ -13,6 +13,7 @@ import pytest
 
 from ae_jax import metrics
 from conftest import REPO
+from experiments.wrapper_agreement import rel_err
 
 
 def _train(workdir, idx_dir, *overrides, devices=1, check=True):
@@ -119,6 +120,19 @@ def test_rerun_of_a_finished_run_changes_nothing(straight, small_idx_dir):
   proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
   assert "nothing to do" in proc.stderr
   assert (_records(workdir), _eval(workdir), (workdir / "run.json").read_text()) == before
+
+
+def test_batches_fed_from_the_host_train_the_same(straight, tmp_path, small_idx_dir):
+  # data_on_device (default): the images sit on the device and each call sends indices.
+  workdir = tmp_path / "host"
+  _train(workdir, small_idx_dir, "--config.num_epochs=2", "--config.data_on_device=false")
+  run = json.loads((workdir / "run.json").read_text())
+  assert run["data_on_device"] is False and run["steps_per_call"] == 1  # per-backend choice on CPU
+  assert json.loads((straight[0] / "run.json").read_text())["data_on_device"] is True
+  (step_a, pa), (step_b, pb) = _params(straight[0]), _params(workdir)
+  assert step_a == step_b == 16
+  assert rel_err(pa, pb) < 1e-6
+  assert [r["step"] for r in _records(workdir)] == [r["step"] for r in _records(straight[0])]
 
 
 def test_pmap_run_on_four_devices_resumes_under_mesh(tmp_path, small_idx_dir):

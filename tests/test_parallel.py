@@ -14,8 +14,9 @@ from experiments.wrapper_agreement import rel_err
 STEPS, BATCH = 4, 16
 
 
-def _run(mode, devices, steps_per_call=1, kind="gaussian"):
-  return wrapper_agreement.train_steps(mode, devices, STEPS, BATCH, steps_per_call, kind)
+def _run(mode, devices, steps_per_call=1, kind="gaussian", on_device=False):
+  return wrapper_agreement.train_steps(mode, devices, STEPS, BATCH, steps_per_call, kind,
+                                       on_device=on_device)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,16 @@ def test_scan_driver_agrees_with_per_step(single, mode):
   state, losses = _run(mode, devices, steps_per_call=2)
   assert rel_err(state.params, ref_state.params) < 1e-5
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode,k", [("jit", 1), ("jit", 2), ("pmap", 1), ("mesh", 2)])
+def test_data_on_device_gives_the_same_steps(single, mode, k):
+  # The dataset placed once and gathered by index inside the step, vs batches sent from the host.
+  devices = tuple(jax.devices()[:1]) if mode == "jit" else tuple(jax.devices())
+  host = single if (mode, k) == ("jit", 1) else _run(mode, devices, k)
+  state, losses = _run(mode, devices, k, on_device=True)
+  assert rel_err(state.params, host[0].params) < 1e-6
+  np.testing.assert_allclose(losses, host[1], rtol=1e-6)
 
 
 def test_two_devices_agree_too(single):
