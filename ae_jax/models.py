@@ -74,13 +74,15 @@ class Decoder(nn.Module):
         layers.conv_transpose(self.conv_impl, f, k, 2, f"deconv{i}", self.dtype)
         for i, f in enumerate(reversed(self.filters))
     ]
-    self.to_pixels = layers.conv_transpose(self.conv_impl, self.image_shape[2], k, 1, dtype=self.dtype)
+    # float32 even under a bfloat16 dtype: the 1-channel output conv is ~3% of the
+    # FLOPs, and bfloat16 logits cost test MSE (measured in experiments/BENCHMARKS.md).
+    self.to_pixels = layers.conv_transpose(self.conv_impl, self.image_shape[2], k, 1)
 
   def logits(self, z_BD: jax.Array) -> jax.Array:
     x = self.project(z_BD).reshape(z_BD.shape[0], *self._grid)
     for deconv in self.deconvs:
       x = nn.relu(deconv(x))
-    return self.to_pixels(x).astype(jnp.float32)  # losses and sigmoid in float32
+    return self.to_pixels(x.astype(jnp.float32))  # logits, losses and sigmoid in float32
 
   def __call__(self, z_BD: jax.Array) -> jax.Array:
     logits_BHWC = self.logits(z_BD)

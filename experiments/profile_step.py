@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import tempfile
+import time
 
 from absl import app, flags
 import jax
@@ -40,6 +41,11 @@ def main(argv):
   hlo = step.lower(state, batch, key).compile().as_text()
   state, m = step(state, batch, key)
   jax.block_until_ready(m)
+  t = time.perf_counter()
+  for _ in range(_STEPS.value):
+    state, m = step(state, batch, key)
+  jax.block_until_ready(m)
+  wall_ms = (time.perf_counter() - t) * 1e3 / _STEPS.value  # untraced
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d, create_perfetto_trace=True):
       for _ in range(_STEPS.value):
@@ -47,12 +53,23 @@ def main(argv):
       jax.block_until_ready(m)
     events = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))["traceEvents"]
   per_op = collections.Counter()
+  intervals = []
   for e in events:
     if e.get("ph") == "X" and not e["name"].startswith(("ThunkExecutor", "$")):
       per_op[e["name"]] += e["dur"] / 1e3 / _STEPS.value
+      intervals.append((e["ts"], e["ts"] + e["dur"]))
   total = sum(per_op.values())
-  print(f"conv_impl={layers.resolve(_IMPL.value)} batch={_BATCH.value}: {total:.1f} ms of ops per step "
-        f"({_BATCH.value / total * 1e3:.0f} images/s if nothing else ran)")
+  # Time during which at least one op ran; the rest of the traced span is gaps between ops.
+  busy, end = 0.0, -1.0
+  for a, b in sorted(intervals):
+    busy += max(0.0, b - max(a, end))
+    end = max(end, b)
+  span = (max(b for _, b in intervals) - min(a for a, _ in intervals)) / 1e3 / _STEPS.value
+  busy /= 1e3 * _STEPS.value
+  print(f"conv_impl={layers.resolve(_IMPL.value)} batch={_BATCH.value}: untraced step {wall_ms:.1f} ms; "
+        f"traced span {span:.1f} ms per step, of which some op runs {busy:.1f} ms and none "
+        f"{span - busy:.1f} ms; ops sum to {total:.1f} ms ({_BATCH.value / total * 1e3:.0f} images/s "
+        "if nothing else ran)")
   for name, ms in per_op.most_common(_TOP.value):
     line = next((ln for ln in hlo.splitlines() if re.search(rf"%{re.escape(name)} = ", ln)), "")
     shape = line.split(" = ")[1].split(" ")[0] if line else "?"

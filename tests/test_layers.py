@@ -82,3 +82,9 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   # bfloat16 has an 8-bit mantissa: close, but not equal.
   err = float(jnp.max(jnp.abs(y16 - y32)))
   assert 0 < err < 2e-2
+  # The convs compute in bfloat16, except the 1-channel output conv (float32 logits).
+  eqns = jax.make_jaxpr(lambda p: bf16.apply({"params": p}, x, method="logits"))(params).eqns
+  convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+  in_dtypes = [e.invars[0].aval.dtype for e in convs]
+  assert in_dtypes[:-1] and set(in_dtypes[:-1]) == {jnp.dtype(jnp.bfloat16)}, in_dtypes
+  assert in_dtypes[-1] == jnp.float32
