@@ -30,6 +30,15 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Traced steps.")
 _TOP = flags.DEFINE_integer("top", 20, "Ops printed.")
 
 
+def _union_us(intervals) -> float:
+  """Total length of the union of (start, end, ...) intervals."""
+  total, end = 0.0, float("-inf")
+  for a, b, *_ in sorted(intervals):
+    total += max(0.0, b - max(a, end))
+    end = max(end, b)
+  return total
+
+
 def main(argv):
   del argv
   model = models.Autoencoder(conv_impl=_IMPL.value)
@@ -39,6 +48,7 @@ def main(argv):
   batch = {"image": jax.device_put(np.random.default_rng(0).random((1, _BATCH.value, 28, 28, 1), np.float32))}
   key = jax.random.key(1)
   hlo = step.lower(state, batch, key).compile().as_text()
+  hlo_ops = set(re.findall(r"%([\w.-]+) = ", hlo))
   state, m = step(state, batch, key)
   jax.block_until_ready(m)
   t = time.perf_counter()
@@ -53,23 +63,33 @@ def main(argv):
       jax.block_until_ready(m)
     events = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))["traceEvents"]
   per_op = collections.Counter()
-  intervals = []
+  ops, pool = [], []  # (start, end, name) of XLA ops; thread-pool regions of the runtime
   for e in events:
-    if e.get("ph") == "X" and not e["name"].startswith(("ThunkExecutor", "$")):
+    if e.get("ph") != "X":
+      continue
+    if e["name"] in hlo_ops:  # XLA ops only, not runtime bookkeeping
       per_op[e["name"]] += e["dur"] / 1e3 / _STEPS.value
-      intervals.append((e["ts"], e["ts"] + e["dur"]))
+      ops.append((e["ts"], e["ts"] + e["dur"], e["name"]))
+    elif e["name"].startswith("ThreadpoolListener::StartRegion"):
+      pool.append((e["ts"], e["ts"] + e["dur"], e["name"]))
   total = sum(per_op.values())
-  # Time during which at least one op ran; the rest of the traced span is gaps between ops.
-  busy, end = 0.0, -1.0
-  for a, b in sorted(intervals):
-    busy += max(0.0, b - max(a, end))
-    end = max(end, b)
-  span = (max(b for _, b in intervals) - min(a for a, _ in intervals)) / 1e3 / _STEPS.value
-  busy /= 1e3 * _STEPS.value
+  per_step = 1e3 * _STEPS.value
+  span = (max(b for _, b, _ in ops) - min(a for a, _, _ in ops)) / per_step
+  busy = _union_us(ops) / per_step  # some op runs; the rest of the span is gaps between ops
+  pool_only = (_union_us(ops + pool) - _union_us(ops)) / per_step
   print(f"conv_impl={layers.resolve(_IMPL.value)} batch={_BATCH.value}: untraced step {wall_ms:.1f} ms; "
-        f"traced span {span:.1f} ms per step, of which some op runs {busy:.1f} ms and none "
-        f"{span - busy:.1f} ms; ops sum to {total:.1f} ms ({_BATCH.value / total * 1e3:.0f} images/s "
-        "if nothing else ran)")
+        f"traced span {span:.1f} ms per step, of which some XLA op runs {busy:.1f} ms and none "
+        f"{span - busy:.1f} ms ({pool_only:.1f} ms of it inside thread-pool regions); ops sum to "
+        f"{total:.1f} ms ({_BATCH.value / total * 1e3:.0f} images/s if nothing else ran); "
+        f"{len(ops) / _STEPS.value:.0f} ops per step")
+  # Which op each gap follows: a gap is time after that op ends and before the next starts.
+  gap_after, end, last = collections.Counter(), None, None
+  for a, b, name in sorted(ops):
+    if end is not None and a > end:
+      gap_after[last] += (a - end) / per_step
+    if end is None or b >= end:
+      end, last = b, name
+  print("gaps after: " + ", ".join(f"{n} {ms:.1f} ms" for n, ms in gap_after.most_common(5)))
   for name, ms in per_op.most_common(_TOP.value):
     line = next((ln for ln in hlo.splitlines() if re.search(rf"%{re.escape(name)} = ", ln)), "")
     shape = line.split(" = ")[1].split(" ")[0] if line else "?"
