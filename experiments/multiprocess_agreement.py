@@ -1,6 +1,6 @@
 r"""Runs the reference DAE as 2 processes x 2 CPU devices, 1 x 4 and 1 x 1; prints how far apart they are.
 
-  python -m experiments.multiprocess_agreement --workdir /tmp/mp_agreement
+  python -m experiments.multiprocess_agreement /tmp/mp_agreement
 
 Processes talk over 127.0.0.1 (gloo collectives), as in tests/test_multiprocess.py,
 which uses the launcher here. After one epoch (4 steps of batch 16 on 64 embedded
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import app
 import orbax.checkpoint as ocp
 
 from experiments.wrapper_agreement import rel_err
@@ -27,9 +27,6 @@ ARGS = ("--config", "experiments/configs/quickstart.py", "--config.data.train_si
         "--config.checkpoint_every_steps=2", "--config.log_every_steps=1", "--config.keep_checkpoints=4",
         "--config.eval_batch_size=64", "--config.num_images=4")
 MESH = ("--config.parallel=mesh",)
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "Empty folder for the runs.", required=True)
-
 
 class Hung(RuntimeError):
   """A launched process outlived its deadline (it and its peers were killed)."""
@@ -103,9 +100,13 @@ def params(workdir, step):
 
 
 def main(argv):
-  del argv
-  os.makedirs(_WORKDIR.value, exist_ok=False)
-  runs = run_all(_WORKDIR.value)
+  # A positional folder, not a flag: the tests import this module beside others that define --workdir.
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m experiments.multiprocess_agreement FOLDER (a new folder)")
+  if os.path.exists(argv[1]):
+    raise app.UsageError(f"{argv[1]!r} exists: give a new folder (nothing there is overwritten)")
+  os.makedirs(argv[1])
+  runs = run_all(argv[1])
   for step in (2, 4):
     p = {k: params(runs[k], step) for k in ("2x2", "1x4", "1x1")}
     print(f"step {step}: 2x2 vs 1x4 {rel_err(p['2x2'], p['1x4']):.2e}, 2x2 vs 1x1 "
