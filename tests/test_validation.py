@@ -6,10 +6,11 @@ import subprocess
 import numpy as np
 import pytest
 
+from ae_jax import checkpoint, data, train
 from ae_jax import config as config_lib
-from ae_jax import data, train
 from conftest import REPO
 from experiments import fault_drill
+from experiments.configs import quickstart
 
 
 def _cfg(**overrides):
@@ -139,24 +140,34 @@ def test_command_line_errors(tmp_path, args, expected):
 
 
 def test_incompatible_workdir_is_refused_unless_overridden(tmp_path):
+  # In-process runs for what the library decides; the command line twice, for its error and flag.
   workdir = tmp_path / "run"
-  small = ["--config", CONFIG, "--config.data.train_size=64", "--config.data.test_size=32",
-           "--config.num_epochs=1"]
-  assert _cli(workdir, *small).returncode == 0
+
+  def cfg(**overrides):
+    c = quickstart.get_config()
+    c.data.train_size, c.data.test_size, c.num_epochs = 64, 32, 1
+    c.update(overrides)
+    return c
+
+  train.train_and_evaluate(cfg(), str(workdir))
   before = sorted(os.listdir(workdir))
   mtimes = {f: os.path.getmtime(workdir / f) for f in before}
-  proc = _cli(workdir, *small, "--config.learning_rate=0.01", "--config.noise.std=0.3")
+  small = ["--config", CONFIG, "--config.data.train_size=64", "--config.data.test_size=32"]
+  proc = _cli(workdir, *small, "--config.num_epochs=1", "--config.learning_rate=0.01",
+              "--config.noise.std=0.3")
   _one_line_error(proc, f"error: workdir='{workdir}' holds a run with another config "
                         "(learning_rate: 0.001 -> 0.01; noise.std: 0.5 -> 0.3)")
   assert sorted(os.listdir(workdir)) == before
   assert all(os.path.getmtime(workdir / f) == t for f, t in mtimes.items())
   # Changing what does not alter learning is fine; an explicit override continues anyway.
-  assert _cli(workdir, *small, "--config.num_epochs=2", "--config.log_every_steps=7").returncode == 0
+  train.train_and_evaluate(cfg(num_epochs=2, log_every_steps=7), str(workdir))
   proc = _cli(workdir, *small, "--config.num_epochs=3", "--config.learning_rate=0.01",
               "--allow_config_change")
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert checkpoint.read_latest(str(workdir))[0] == 3 * (64 // cfg().batch_size)
   # A model of another shape cannot continue, override or not.
-  proc = _cli(workdir, *small, "--config.num_epochs=4", "--config.model.latent_dim=8",
-              "--allow_config_change")
-  _one_line_error(proc, f"error: workdir='{workdir}' holds a model of another shape "
-                        "(model.latent_dim: 16 -> 8): its parameters cannot be loaded")
+  with pytest.raises(ValueError) as e:
+    train.train_and_evaluate(cfg(num_epochs=4, model=dict(latent_dim=8)), str(workdir),
+                             allow_config_change=True)
+  assert str(e.value).startswith(f"workdir='{workdir}' holds a model of another shape "
+                                 "(model.latent_dim: 16 -> 8): its parameters cannot be loaded")
