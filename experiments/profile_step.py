@@ -12,6 +12,7 @@ import glob
 import gzip
 import json
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -28,6 +29,8 @@ _IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", *layers.IMPLS], "Conv im
 _BATCH = flags.DEFINE_integer("batch", 128, "Batch size.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Traced steps.")
 _TOP = flags.DEFINE_integer("top", 20, "Ops printed.")
+_KEEP = flags.DEFINE_bool("keep_freed_memory", True, "experiments.keep_freed_memory(); "
+                          "--nokeep_freed_memory to see malloc's own behaviour.")
 
 
 def _union_us(intervals) -> float:
@@ -41,6 +44,7 @@ def _union_us(intervals) -> float:
 
 def main(argv):
   del argv
+  kept = experiments.use_fast_cpu_settings(_KEEP.value)  # before JAX's first op
   model = models.Autoencoder(conv_impl=_IMPL.value)
   state = train.create_train_state(model, config_lib.get_default(), jax.random.key(0))
   step = jax.jit(functools.partial(parallel.multi_step, functools.partial(train.train_step, loss="mse")),
@@ -51,11 +55,12 @@ def main(argv):
   hlo_ops = set(re.findall(r"%([\w.-]+) = ", hlo))
   state, m = step(state, batch, key)
   jax.block_until_ready(m)
-  t = time.perf_counter()
+  t, faults = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(_STEPS.value):
     state, m = step(state, batch, key)
   jax.block_until_ready(m)
   wall_ms = (time.perf_counter() - t) * 1e3 / _STEPS.value  # untraced
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / _STEPS.value
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d, create_perfetto_trace=True):
       for _ in range(_STEPS.value):
@@ -77,7 +82,8 @@ def main(argv):
   span = (max(b for _, b, _ in ops) - min(a for a, _, _ in ops)) / per_step
   busy = _union_us(ops) / per_step  # some op runs; the rest of the span is gaps between ops
   pool_only = (_union_us(ops + pool) - _union_us(ops)) / per_step
-  print(f"conv_impl={layers.resolve(_IMPL.value)} batch={_BATCH.value}: untraced step {wall_ms:.1f} ms; "
+  print(f"conv_impl={layers.resolve(_IMPL.value)} batch={_BATCH.value} keep_freed_memory={kept}: "
+        f"untraced step {wall_ms:.1f} ms, {faults:.0f} minor page faults per step; "
         f"traced span {span:.1f} ms per step, of which some XLA op runs {busy:.1f} ms and none "
         f"{span - busy:.1f} ms ({pool_only:.1f} ms of it inside thread-pool regions); ops sum to "
         f"{total:.1f} ms ({_BATCH.value / total * 1e3:.0f} images/s if nothing else ran); "
@@ -98,5 +104,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  experiments.use_fast_cpu_flags()
+  experiments.use_fast_cpu_settings()
   sys.exit(app.run(main))
