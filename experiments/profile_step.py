@@ -53,19 +53,25 @@ def main(argv):
   key = jax.random.key(1)
   hlo = step.lower(state, batch, key).compile().as_text()
   hlo_ops = set(re.findall(r"%([\w.-]+) = ", hlo))
-  state, m = step(state, batch, key)
-  jax.block_until_ready(m)
+  box = {"state": state}
+
+  def run(n):  # the next step is dispatched before the last is waited for, as in the train loop
+    last = None
+    for _ in range(n):
+      box["state"], m = step(box["state"], batch, key)
+      jax.block_until_ready(last)
+      last = m
+    jax.block_until_ready(last)
+
+  run(_STEPS.value)  # untimed: the allocator settles
   t, faults = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  for _ in range(_STEPS.value):
-    state, m = step(state, batch, key)
-  jax.block_until_ready(m)
+  run(_STEPS.value)
   wall_ms = (time.perf_counter() - t) * 1e3 / _STEPS.value  # untraced
   faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / _STEPS.value
+  rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the profiler's own
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d, create_perfetto_trace=True):
-      for _ in range(_STEPS.value):
-        state, m = step(state, batch, key)
-      jax.block_until_ready(m)
+      run(_STEPS.value)
     events = json.load(gzip.open(glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]))["traceEvents"]
   per_op = collections.Counter()
   ops, pool = [], []  # (start, end, name) of XLA ops; thread-pool regions of the runtime
@@ -87,7 +93,8 @@ def main(argv):
         f"traced span {span:.1f} ms per step, of which some XLA op runs {busy:.1f} ms and none "
         f"{span - busy:.1f} ms ({pool_only:.1f} ms of it inside thread-pool regions); ops sum to "
         f"{total:.1f} ms ({_BATCH.value / total * 1e3:.0f} images/s if nothing else ran); "
-        f"{len(ops) / _STEPS.value:.0f} ops per step")
+        f"{len(ops) / _STEPS.value:.0f} ops per step; peak resident memory before tracing "
+        f"{rss_mib:.0f} MiB")
   # Which op each gap follows: a gap is time after that op ends and before the next starts.
   gap_after, end, last = collections.Counter(), None, None
   for a, b, name in sorted(ops):
