@@ -9,13 +9,14 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
 def keep_freed_memory() -> bool:
-  """glibc only: one malloc arena that never maps nor unmaps memory, so freed buffers are reused.
+  """glibc only: one malloc arena that neither maps nor unmaps memory, so freed buffers are reused.
 
   XLA:CPU mallocs a step's temporaries afresh on every call (64.6 MiB for the
   reference train step at batch 128). glibc serves a request that large with a
   new mmap and unmaps it on free, so every step page-faults all of it in again:
-  18,500 minor faults and ~30 ms of kernel time per batch-128 step, 1,600
-  images/s. With this: 0 faults, 2,000 images/s (experiments/BENCHMARKS.md).
+  18,400 minor faults and ~30 ms of kernel time per batch-128 step. With this,
+  one epoch of ae_mnist at batch 128 logs ~1,800 images/s instead of ~1,400,
+  with a peak of 1.7 GiB resident instead of 1.1 (experiments/BENCHMARKS.md).
   All three settings are needed: a thread's own arena cannot hold more than 64
   MiB and mmaps past it regardless. The cost: memory freed stays with the
   process. Returns False, changing nothing, where libc has no mallopt.
