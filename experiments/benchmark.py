@@ -88,10 +88,11 @@ def minor_faults() -> int:
 def timed_windows(run_once, images_per_call: int) -> tuple[list[float], float]:
   """images/s of --windows windows of >= --window_s seconds each, and minor page faults per call.
 
-  The next call is dispatched before the last one is waited for, as in the
-  train loop, but no further: unwaited dispatch would queue far more calls than
-  a window can run. A window ends when its last call has finished, so it times
-  finished work only. An untimed window first lets the allocator settle.
+  The next call is dispatched before the last one is waited for, so the host
+  never stalls the device. The train loop waits only when it logs; a window
+  cannot, or it would queue far more calls than it can run. A window ends when
+  its last call has finished, so it times finished work only. An untimed window
+  first lets the allocator settle.
   """
   rates, calls_timed, faults = [], 0, 0
   for window in range(_WINDOWS.value + 1):

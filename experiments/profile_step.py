@@ -55,7 +55,7 @@ def main(argv):
   hlo_ops = set(re.findall(r"%([\w.-]+) = ", hlo))
   box = {"state": state}
 
-  def run(n):  # the next step is dispatched before the last is waited for, as in the train loop
+  def run(n):  # the next step is dispatched before the last is waited for, as benchmark.timed_windows
     last = None
     for _ in range(n):
       box["state"], m = step(box["state"], batch, key)
