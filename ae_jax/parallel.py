@@ -1,8 +1,9 @@
-"""Wrappers that run one pure multi-step function on 1 device (jit), N devices (pmap) or a mesh.
+"""Placement: where state, batches and the dataset live, and the pure step compiled over that layout.
 
-The mesh spans every device of every process once `initialize_distributed` has
-run (JAX's multi-controller runtime): each process then feeds only its rows of
-each global batch (`Runner.local_rows`).
+`placement(mode, devices, batch_size)` gives one interface (`compile`,
+`put_state`/`get_state`, `put_batches`, `put_table`, `get_metrics`,
+`local_rows`) for 1 device (jit), a `Mesh` over N devices or over every device
+of every process (once `initialize_distributed` has run), and `pmap`.
 """
 
 from collections.abc import Callable
@@ -10,7 +11,6 @@ import functools
 import os
 import sys
 import threading
-from typing import Any, NamedTuple
 
 from absl import logging
 import jax
@@ -19,27 +19,6 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 AXIS = "data"
-
-
-class Runner(NamedTuple):
-  """How state and batches are laid out on devices, and the compiled step over that layout.
-
-  step(state, batches, key, table=None) -> (state, metrics): batches are numpy
-  leaves [K, B, ...] (K steps of global batch B) once passed through put_batches.
-  With a `table` (put_table: the dataset, placed on the devices once), batches
-  are {"index": int32 [K, B]} and each step gathers its examples from the table
-  on device, so a call moves only indices from the host.
-  """
-
-  mode: str
-  devices: tuple
-  step: Callable
-  put_state: Callable[[Any], Any]
-  get_state: Callable[[Any], Any]  # one host copy of the state, numpy leaves
-  put_batches: Callable[[Any], Any]  # this process's rows [K, local_rows, ...] -> global batches
-  get_metrics: Callable[[Any], Any]  # metrics as numpy [K]
-  local_rows: slice  # the rows of each global batch this process feeds
-  put_table: Callable[[Any], Any]  # {name: [N, ...]} on every device, once per run
 
 
 JOIN_TIMEOUT_EXIT = 5
@@ -122,86 +101,100 @@ def multi_step(step_fn: Callable, state, batches, key, table=None, **kwargs):
   return jax.lax.scan(lambda s, b: step_fn(s, gather(table, b), key, **kwargs), state, batches)
 
 
-def _with_table(compiled: Callable) -> Callable:
-  """step(state, batches, key, table=None): the compiled step always takes the table argument."""
-  def step(state, batches, key, table=None):
-    return compiled(state, batches, key, table)
-  return step
-
-
 def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def make_runner(mode: str, step_fn: Callable, devices: tuple, batch_size: int) -> Runner:
-  """Compiles step_fn(state, batch, key, axis_name=...) for `mode` over `devices`."""
-  check_batch(batch_size, devices, mode)
-  if mode == "jit":
-    if len(devices) != 1:
-      raise ValueError(f"parallel='jit' runs on one device, got num_devices={len(devices)}; "
-                       "use parallel='pmap' or 'mesh' for more")
-    device = devices[0]
-    step = jax.jit(functools.partial(multi_step, step_fn), donate_argnums=0)
-    return Runner(mode, devices, _with_table(step),
-                  put_state=lambda s: jax.device_put(s, device),
-                  get_state=_host,
-                  put_batches=lambda b: jax.device_put(b, device),
-                  get_metrics=_host, local_rows=slice(0, batch_size),
-                  put_table=lambda t: jax.device_put(t, device))
+class MeshPlacement:
+  """State and dataset replicated, batches split along a 1-D `Mesh(devices, ('data',))`.
 
-  if mode == "pmap":
-    n = len(devices)
-    step = jax.pmap(functools.partial(multi_step, step_fn, axis_name=AXIS), axis_name=AXIS,
-                    in_axes=(0, 0, None, 0), donate_argnums=0, devices=devices)
-    # pmap's per-device leading axis, laid out as one array sharded over it.
-    per_device = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
+  One device is the `jit` case. Over several processes (jax.distributed) each
+  process holds one contiguous block of rows of every global batch
+  (`local_rows`) and feeds only those; the compiler inserts the collectives.
+  """
 
-    def put_state(s):  # also a table: one copy per device
-      return jax.device_put(
-          jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), s), per_device)
-
-    def put_batches(b):
-      # [K, B, ...] -> [D, K, B/D, ...]: device d gets examples d*B/D .. (d+1)*B/D - 1.
-      def split(x):
-        return np.swapaxes(x.reshape(x.shape[0], n, x.shape[1] // n, *x.shape[2:]), 0, 1)
-      return jax.device_put(jax.tree.map(split, b), per_device)
-
-    return Runner(mode, devices, _with_table(step), put_state=put_state,
-                  get_state=lambda s: _host(jax.tree.map(lambda x: x[0], s)),
-                  put_batches=put_batches,
-                  get_metrics=lambda m: _host(jax.tree.map(lambda x: x[0], m)),
-                  local_rows=slice(0, batch_size), put_table=put_state)
-
-  if mode == "mesh":
-    mesh = Mesh(np.asarray(devices), (AXIS,))
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P(None, AXIS))  # [K, B, ...]: split B
-    step = jax.jit(functools.partial(multi_step, step_fn), donate_argnums=0,
-                   in_shardings=(replicated, batch_sharding, replicated, replicated),
-                   out_shardings=(replicated, replicated))
-    # This process's devices hold one contiguous block of rows of every global batch.
-    index_map = batch_sharding.addressable_devices_indices_map((1, batch_size))
+  def __init__(self, devices: tuple, batch_size: int):
+    self.devices = tuple(devices)
+    self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
+    self._replicated = NamedSharding(self.mesh, P())
+    self._batches = NamedSharding(self.mesh, P(None, AXIS))  # [K, B, ...]: split B
+    self._batch_size = batch_size
+    index_map = self._batches.addressable_devices_indices_map((1, batch_size))
     starts = sorted(idx[1].start or 0 for idx in index_map.values())
-    rows = slice(starts[0], starts[-1] + batch_size // len(devices))
-    if rows.stop - rows.start != batch_size // len(devices) * len(index_map):
+    self.local_rows = slice(starts[0], starts[-1] + batch_size // len(self.devices))
+    if self.local_rows.stop - self.local_rows.start != batch_size // len(self.devices) * len(index_map):
       raise ValueError(f"this process's devices do not hold one block of rows: {index_map}")
 
-    def put_batches(b):
-      return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-          batch_sharding, x, (x.shape[0], batch_size, *x.shape[2:])), b)
+  def compile(self, step_fn: Callable) -> Callable:
+    """step(state, batches, key, table) -> (state, metrics [K]) over K stacked batches; state donated."""
+    r = self._replicated
+    return jax.jit(functools.partial(multi_step, step_fn), donate_argnums=0,
+                   in_shardings=(r, self._batches, r, r), out_shardings=(r, r))
 
-    def put_state(s):  # also a table
-      # Every process holds the same host state; each fills its own devices from it
-      # (device_put across processes would first compare the values over the network).
-      def fill(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, replicated, lambda idx: x[idx])
-      return jax.tree.map(fill, s)
+  def put_state(self, tree):
+    """Replicated on every device; also the dataset table (put_table)."""
+    # Every process holds the same host values; each fills its own devices from them
+    # (device_put across processes would first compare the values over the network).
+    def fill(x):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, self._replicated, lambda idx: x[idx])
+    return jax.tree.map(fill, tree)
 
-    return Runner(mode, devices, _with_table(step),
-                  put_state=put_state,
-                  get_state=_host,
-                  put_batches=put_batches,
-                  get_metrics=_host, local_rows=rows, put_table=put_state)
+  put_table = put_state
 
-  raise ValueError(f"parallel={mode!r}: expected one of ('jit', 'pmap', 'mesh')")
+  def put_batches(self, batches):
+    """This process's rows [K, local rows, ...] -> global batches [K, B, ...]."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        self._batches, x, (x.shape[0], self._batch_size, *x.shape[2:])), batches)
+
+  def get_state(self, tree):
+    """One host copy (numpy leaves)."""
+    return _host(tree)
+
+  get_metrics = get_state
+
+
+class PmapPlacement:
+  """`jax.pmap` over local devices: a copy of the state per device, each batch split in D parts."""
+
+  def __init__(self, devices: tuple, batch_size: int):
+    self.devices = tuple(devices)
+    # pmap's per-device leading axis, laid out as one array sharded over it.
+    self._per_device = NamedSharding(Mesh(np.asarray(self.devices), (AXIS,)), P(AXIS))
+    self.local_rows = slice(0, batch_size)
+
+  def compile(self, step_fn: Callable) -> Callable:
+    return jax.pmap(functools.partial(multi_step, step_fn, axis_name=AXIS), axis_name=AXIS,
+                    in_axes=(0, 0, None, 0), donate_argnums=0, devices=self.devices)
+
+  def put_state(self, tree):
+    n = len(self.devices)
+    return jax.device_put(
+        jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree),
+        self._per_device)
+
+  put_table = put_state
+
+  def put_batches(self, batches):
+    # [K, B, ...] -> [D, K, B/D, ...]: device d gets examples d*B/D .. (d+1)*B/D - 1.
+    n = len(self.devices)
+
+    def split(x):
+      return np.swapaxes(x.reshape(x.shape[0], n, x.shape[1] // n, *x.shape[2:]), 0, 1)
+    return jax.device_put(jax.tree.map(split, batches), self._per_device)
+
+  def get_state(self, tree):
+    return _host(jax.tree.map(lambda x: x[0], tree))
+
+  get_metrics = get_state
+
+
+def placement(mode: str, devices: tuple, batch_size: int) -> MeshPlacement | PmapPlacement:
+  """The placement for `parallel=mode`: jit (1 device) and mesh share MeshPlacement."""
+  if mode not in ("jit", "pmap", "mesh"):
+    raise ValueError(f"parallel={mode!r}: expected one of ('jit', 'pmap', 'mesh')")
+  check_batch(batch_size, devices, mode)
+  if mode == "jit" and len(devices) != 1:
+    raise ValueError(f"parallel='jit' runs on one device, got num_devices={len(devices)}; "
+                     "use parallel='pmap' or 'mesh' for more")
+  return PmapPlacement(devices, batch_size) if mode == "pmap" else MeshPlacement(devices, batch_size)

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from ae_jax import checkpoint, data, models, noise
+from ae_jax import config as config_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,8 @@ class Trained:
 def load(workdir: str) -> Trained:
   """Restores model + params of the latest checkpoint in a workdir written by experiments.train."""
   step, state, meta = checkpoint.read_latest(workdir)
-  config = ml_collections.ConfigDict(meta["config"])
+  config = config_lib.get_default()  # fields newer than the run keep their defaults
+  config.update(meta["config"])
   with open(os.path.join(workdir, "run.json")) as f:
     image_shape = tuple(json.load(f)["data"]["image_shape"])
   model = models.from_config(config.model, image_shape)
@@ -42,17 +44,9 @@ def _apply(model, method: str, params, x):
 
 def _batched(model, method: str, params, x: np.ndarray, batch_size: int) -> np.ndarray:
   """Applies `method` over x in fixed-size batches (the last one padded): one compilation."""
-  x = np.asarray(x, np.float32)
-  n = len(x)
-  batch_size = min(batch_size, n)
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = x[start:start + batch_size]
-    valid = len(chunk)
-    if valid < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)])
-    out.append(np.asarray(_apply(model, method, params, chunk))[:valid])
-  return np.concatenate(out)
+  return np.concatenate([np.asarray(_apply(model, method, params, chunk))[:valid]
+                         for _, chunk, valid in data.padded_batches(np.asarray(x, np.float32),
+                                                                    batch_size)])
 
 
 def embed(model, params, images_NHWC, batch_size: int = 1000) -> np.ndarray:

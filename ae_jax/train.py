@@ -1,13 +1,12 @@
-"""Train state, the pure train and eval steps, and `train_and_evaluate`."""
+"""Train state, the pure train and eval steps, and `train_and_evaluate`: prepare, then one loop."""
 
+import dataclasses
 import functools
 import importlib.metadata
 import json
 import os
 import platform
-import signal
 import tempfile
-import threading
 import time
 
 from absl import logging
@@ -19,45 +18,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from ae_jax import checkpoint, data, layers, losses, metrics, models, noise, parallel, plots, probes
+from ae_jax import checkpoint, data, layers, losses, metrics, models, noise, objectives, parallel, plots
 from ae_jax import config as config_lib
+from ae_jax import preemption, probes
 
 TrainState = train_state.TrainState
-
-
-class Preempted(Exception):
-  """Training stopped on SIGTERM/SIGINT after checkpointing the current step."""
-
-  def __init__(self, signum: int, step: int, directory: str):
-    self.signum, self.step = signum, step
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved "
-                     f"in {directory}; rerun the same command to continue")
-
-
-class _StopOnSignal:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between compiled calls; a second one aborts."""
-
-  def __init__(self):
-    self.signum = None
-    self._old = {}
-
-  def _handle(self, signum, frame):
-    if self.signum is not None:  # asked twice: stop now, without the checkpoint
-      signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
-      raise KeyboardInterrupt
-    self.signum = signum
-    logging.warning("received %s: stopping after the current call and checkpointing",
-                    signal.Signals(signum).name)
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for s in (signal.SIGTERM, signal.SIGINT):
-        self._old[s] = signal.signal(s, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for s, old in self._old.items():
-      signal.signal(s, old)
 
 
 def run_keys(seed: int) -> dict:
@@ -69,8 +34,8 @@ def run_keys(seed: int) -> dict:
 def check_workdir(workdir: str) -> None:
   """Raises ValueError unless workdir is (or can be made) a writable directory.
 
-  Probes with a temporary file or folder that is removed again, since permission
-  bits do not bind root.
+  Probes with a temporary folder that is removed again, since permission bits
+  do not bind root.
   """
   path = os.path.abspath(workdir)
   probe_in = path
@@ -102,83 +67,184 @@ def create_train_state(model: models.Autoencoder, cfg: ml_collections.ConfigDict
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def train_step(state: TrainState, batch: dict, train_key: jax.Array, *, loss: str,
+def train_step(state: TrainState, batch: dict, train_key: jax.Array, *, objective,
                corrupt=None, axis_name: str | None = None) -> tuple[TrainState, dict]:
-  """One optimizer step on batch['image'] (x_BHWC, the clean target).
+  """One optimizer step of `objective` (objectives.py) on batch['image'] (x_BHWC, the clean target).
 
-  The input is corrupt(x) with per-example keys from fold_in(train_key, step), so
-  the noise depends only on (seed, step, global example index). Under pmap pass
+  The step key is fold_in(train_key, step); the input is corrupt(x) with key
+  fold_in(step key, global example index), so noise and the objective's draws
+  depend only on (seed, step, global example index). Under pmap pass
   axis_name: gradients and metrics are averaged over it.
   """
   x_BHWC = batch["image"]
-  inputs_BHWC = x_BHWC
-  if corrupt is not None:
-    noise_key = jax.random.fold_in(train_key, state.step)
-    local_b = x_BHWC.shape[0]
-    first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_b
-    inputs_BHWC = noise.corrupt_batch(corrupt, noise_key, x_BHWC, first + jnp.arange(local_b))
+  local_b = x_BHWC.shape[0]
+  first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_b
+  position_B = first + jnp.arange(local_b)
+  noise_key, objective_key = objectives.split_step_key(jax.random.fold_in(train_key, state.step))
+  inputs_BHWC = x_BHWC if corrupt is None else noise.corrupt_batch(corrupt, noise_key, x_BHWC,
+                                                                    position_B)
+  batch = {"image": x_BHWC, "input": inputs_BHWC, "position": position_B}
 
   def loss_fn(params):
-    logits_BHWC = state.apply_fn({"params": params}, inputs_BHWC, method="logits")
-    return losses.reconstruction_loss(loss, logits_BHWC, x_BHWC), logits_BHWC
+    loss_B, metrics_B = objective(params, batch, objective_key)
+    return jnp.mean(loss_B), metrics_B
 
-  (loss_value, logits_BHWC), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  step_metrics = {"loss": loss_value, "mse": losses.mse(jax.nn.sigmoid(logits_BHWC), x_BHWC)}
+  (_, metrics_B), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  step_metrics = jax.tree.map(jnp.mean, metrics_B)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
     step_metrics = jax.lax.pmean(step_metrics, axis_name)
   return state.apply_gradients(grads=grads), step_metrics
 
 
-def eval_step(params, x_BHWC: jax.Array, mask_B: jax.Array, eval_key: jax.Array, first_index,
-              *, apply_fn, loss: str, corrupt=None) -> dict:
-  """Per-batch sums of per-example means (divide by the example count for dataset means)."""
-  per_example_mse = jax.vmap(losses.mse)
-  per_example_loss = jax.vmap(functools.partial(losses.reconstruction_loss, loss))
+def eval_step(params, batch: dict, eval_key: jax.Array, *, objective, corrupt=None) -> dict:
+  """Sums over the valid examples (batch['mask']) of per-example metrics; divide by the count.
+
+  batch['position'] is each example's index in the test split: denoising evals
+  corrupt example i with fold_in(eval_key, i), the same noise at every eval.
+  """
+  x_BHWC = batch["image"]
+  noise_key, objective_key = objectives.split_step_key(eval_key)
 
   def total(v_B):
-    return jnp.sum(jnp.where(mask_B, v_B, 0.0))
+    return jnp.sum(jnp.where(batch["mask"], v_B, 0.0))
 
-  clean_logits = apply_fn({"params": params}, x_BHWC, method="logits")
+  def run(inputs_BHWC):
+    loss_B, m = objective(params, {"image": x_BHWC, "input": inputs_BHWC,
+                                   "position": batch["position"]}, objective_key)
+    return {"loss": total(loss_B), **{k: total(v) for k, v in m.items() if k != "loss"}}
+
   if corrupt is None:
-    return {"test_loss": total(per_example_loss(clean_logits, x_BHWC)),
-            "test_mse": total(per_example_mse(jax.nn.sigmoid(clean_logits), x_BHWC))}
-  index_B = first_index + jnp.arange(x_BHWC.shape[0])
-  noisy_BHWC = noise.corrupt_batch(corrupt, eval_key, x_BHWC, index_B)
-  noisy_logits = apply_fn({"params": params}, noisy_BHWC, method="logits")
-  return {
-      "test_loss": total(per_example_loss(noisy_logits, x_BHWC)),
-      "noisy_input_mse": total(per_example_mse(noisy_BHWC, x_BHWC)),
-      "denoised_mse": total(per_example_mse(jax.nn.sigmoid(noisy_logits), x_BHWC)),
-      "clean_input_mse": total(per_example_mse(jax.nn.sigmoid(clean_logits), x_BHWC)),
-  }
+    return {f"test_{k}": v for k, v in run(x_BHWC).items()}
+  noisy_BHWC = noise.corrupt_batch(corrupt, noise_key, x_BHWC, batch["position"])
+  noisy, clean = run(noisy_BHWC), run(x_BHWC)
+  return {"test_loss": noisy.pop("loss"), "denoised_mse": noisy.pop("mse"),
+          "clean_input_mse": clean["mse"],
+          "noisy_input_mse": total(jax.vmap(losses.mse)(noisy_BHWC, x_BHWC)),
+          **{f"test_{k}": v for k, v in noisy.items()}}
 
 
 def evaluate(eval_fn, params, images: np.ndarray, eval_key: jax.Array, batch_size: int) -> dict:
   """Dataset means of eval_fn's sums, with PSNRs; the last batch is padded and masked."""
-  n = len(images)
-  batch_size = min(batch_size, n)
   params = jax.device_put(params)  # once, not with every batch
   pending = []
-  for start in range(0, n, batch_size):
-    x = images[start:start + batch_size]
-    valid = len(x)
-    if valid < batch_size:  # pad so every batch has one shape: one compilation
-      x = np.concatenate([x, np.zeros((batch_size - valid, *x.shape[1:]), x.dtype)])
-    mask = np.arange(batch_size) < valid
-    pending.append(eval_fn(params, x, mask, eval_key, start))
+  for start, x, valid in data.padded_batches(images, batch_size):
+    index = start + np.arange(len(x))
+    pending.append(eval_fn(params, {"image": x, "mask": index < start + valid, "position": index},
+                           eval_key))
   sums = {}
   for batch_sums in jax.device_get(pending):  # one sync after all batches are dispatched
     for k, v in batch_sums.items():
       sums[k] = sums.get(k, 0.0) + float(v)
-  out = {k: v / n for k, v in sums.items()}
+  out = {k: v / len(images) for k, v in sums.items()}
   if "denoised_mse" in out:
     out["test_mse"] = out["denoised_mse"]
     for k in ("noisy_input", "denoised", "clean_input"):
       out[f"{k}_psnr"] = float(losses.psnr(out[f"{k}_mse"]))
   out["test_psnr"] = float(losses.psnr(out["test_mse"]))
-  out["num_examples"] = n
+  out["num_examples"] = len(images)
   return out
+
+
+# Train steps per compiled call for steps_per_call=None, per backend, from
+# `python -m experiments.benchmark --steps_per_call=1,8` (experiments/BENCHMARKS.md).
+# XLA:CPU, 2 cores, reference AE, images/s at batch 128 / 32 (2026-11-24):
+# subpixel K=1 1,580 / 1,617, K=8 116 / 164; matmul K=1 534 / 375, K=8 916 / 503.
+# Inside a scan XLA:CPU does not hand convolutions to its fast library. GPU/TPU:
+# not measured here (no accelerator was lent); 1 until someone measures there.
+AUTO_STEPS_PER_CALL = {"cpu": 1}
+
+
+def resolve_steps_per_call(steps_per_call: int | None, platform_: str | None = None) -> int:
+  """None -> the measured choice for the platform (default: JAX's default backend)."""
+  if steps_per_call is not None:
+    return steps_per_call
+  return AUTO_STEPS_PER_CALL.get(platform_ or jax.default_backend(), 1)
+
+
+def itstime(start: int, end: int, every: int) -> bool:
+  """Whether a compiled call running steps (start, end] crosses a multiple of `every`."""
+  return end // every > start // every
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+  """One compiled call: steps start+1 .. end of `epoch`, and the examples each step takes."""
+
+  start: int
+  end: int
+  epoch: int
+  epoch_done: bool
+  indices_KB: np.ndarray  # int32: row k holds step start+k+1's global batch
+
+
+class Schedule:
+  """The compiled calls of a run, a function of the position alone.
+
+  A call holds K = steps_per_call steps, cut at the epoch's end; the examples of
+  an epoch are in data.epoch_order(data_key, epoch). A run resumed at any call
+  end therefore runs exactly the calls an uninterrupted run does.
+  """
+
+  def __init__(self, data_key: jax.Array, num_train: int, batch_size: int, num_epochs: int,
+               steps_per_call: int):
+    self.data_key, self.num_train, self.batch_size = data_key, num_train, batch_size
+    self.steps_per_epoch = num_train // batch_size  # the remainder is dropped; each epoch reshuffles
+    self.total_steps = num_epochs * self.steps_per_epoch
+    self.steps_per_call = steps_per_call
+
+  def end_of_call(self, start: int) -> int:
+    epoch_start = start // self.steps_per_epoch * self.steps_per_epoch
+    pos = start - epoch_start
+    return epoch_start + min(self.steps_per_epoch, (pos // self.steps_per_call + 1) * self.steps_per_call)
+
+  def calls(self, start: int):
+    """Yields the Calls from step `start` to the end of the run."""
+    epoch, order = -1, None
+    while start < self.total_steps:
+      end = self.end_of_call(start)
+      if start // self.steps_per_epoch != epoch:
+        epoch = start // self.steps_per_epoch
+        order = data.epoch_order(self.data_key, epoch, self.num_train)
+      first = start - epoch * self.steps_per_epoch
+      idx = order[first * self.batch_size:(end - epoch * self.steps_per_epoch) * self.batch_size]
+      yield Call(start, end, epoch, end % self.steps_per_epoch == 0,
+                 idx.reshape(end - start, self.batch_size).astype(np.int32))
+      start = end
+
+
+class LogWindow:
+  """Train metrics since the last log line; survives a restart through the checkpoint's meta."""
+
+  def __init__(self, steps: int = 0, sums: dict | None = None):
+    self.steps, self.sums = steps, dict(sums or {})
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    """Throughput counts from now (after compiling, evaluating or restoring)."""
+    self._t, self._timed = time.perf_counter(), 0
+
+  def add(self, metrics_K: dict) -> None:
+    """Adds K steps' metrics (numpy [K] each)."""
+    k = len(next(iter(metrics_K.values())))
+    self.steps += k
+    self._timed += k
+    for name, v in metrics_K.items():
+      self.sums[name] = self.sums.get(name, 0.0) + float(np.sum(v, dtype=np.float64))
+
+  def flush(self) -> tuple[dict, float]:
+    """(mean of each metric as 'train_<name>', steps/s), and an empty window."""
+    means = {f"train_{name}": s / self.steps for name, s in self.sums.items()}
+    rate = self._timed / (time.perf_counter() - self._t)
+    self.__init__()
+    return means, rate
+
+  def to_meta(self) -> dict:
+    return {"steps": self.steps, "sums": dict(self.sums)}
+
+  @classmethod
+  def from_meta(cls, meta: dict) -> "LogWindow":
+    return cls(meta["steps"], meta["sums"])
 
 
 def _versions() -> dict:
@@ -191,6 +257,111 @@ def _versions() -> dict:
     except importlib.metadata.PackageNotFoundError:
       out[name] = None
   return out
+
+
+def _check_saved_run(meta: dict, config, workdir: str, steps_per_epoch: int,
+                     allow_config_change: bool) -> None:
+  """Raises ValueError unless the run saved in workdir can continue under `config`."""
+  conflicts, reshaping = config_lib.resume_conflicts(meta["config"], config)
+  if reshaping:
+    raise ValueError(
+        f"workdir={workdir!r} holds a model of another shape ({'; '.join(reshaping)}): its "
+        "parameters cannot be loaded into this one, even with --allow_config_change; use a new workdir")
+  if conflicts and not allow_config_change:
+    raise ValueError(
+        f"workdir={workdir!r} holds a run with another config ({'; '.join(conflicts)}): use a "
+        "new workdir, or pass --allow_config_change to continue it with this config")
+  if meta["steps_per_epoch"] != steps_per_epoch or meta["batch_size"] != config.batch_size:
+    raise ValueError(
+        f"workdir={workdir!r} holds a run with batch_size={meta['batch_size']} and "
+        f"{meta['steps_per_epoch']} steps/epoch; this config has batch_size={config.batch_size} "
+        f"and {steps_per_epoch}: use a new workdir")
+
+
+def _restore(workdir: str, config, state: TrainState, steps_per_epoch: int,
+             allow_config_change: bool):
+  """(state, window, unreadable steps) from the workdir's latest readable checkpoint, if any."""
+  if jax.process_count() > 1:  # every process must see the workdir before any of them writes to it
+    multihost_utils.sync_global_devices("ae_jax: workdir checked")
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return state, LogWindow(), []
+  reader = checkpoint.manager(workdir, config.keep_checkpoints)
+  try:
+    restored = checkpoint.restore_latest(reader, state, functools.partial(
+        _check_saved_run, config=config, workdir=workdir, steps_per_epoch=steps_per_epoch,
+        allow_config_change=allow_config_change))
+  finally:
+    reader.close()
+  if restored is None:
+    return state, LogWindow(), []
+  host_state, meta, unreadable = restored
+  state = state.replace(**{k: getattr(host_state, k) for k in ("step", "params", "opt_state")})
+  return state, LogWindow.from_meta(meta["log_window"]), unreadable
+
+
+def _run_record(workdir: str, config, ds: data.Dataset, devices, state, schedule: Schedule,
+                start_step: int) -> dict:
+  """run.json: what this invocation ran with; earlier invocations' records under 'previous'."""
+  previous = []
+  path = os.path.join(workdir, "run.json")
+  if start_step and os.path.exists(path):
+    with open(path) as f:
+      earlier = json.load(f)
+    previous = earlier.pop("previous", []) + [earlier]
+  return {
+      "config": json.loads(config.to_json_best_effort()),
+      "versions": _versions(),
+      "data": ds.summary(),
+      "devices": [str(d) for d in devices],
+      "processes": jax.process_count(),
+      "parallel": config.parallel,
+      "conv_impl": layers.resolve(config.model.conv_impl),
+      "steps_per_call": schedule.steps_per_call,
+      "data_on_device": config.data_on_device,
+      "param_counts": {"encoder": models.count_params(state.params["encoder"]),
+                       "decoder": models.count_params(state.params["decoder"]),
+                       "total": models.count_params(state.params)},
+      "steps_per_epoch": schedule.steps_per_epoch,
+      "total_steps": schedule.total_steps,
+      "resumed_from_step": start_step,
+      "previous": previous,
+  }
+
+
+def _read_back(pending: list, place, window: LogWindow, mngr) -> None:
+  """Reads the dispatched calls' metrics (one sync), checks them and adds them to the window."""
+  calls = list(pending)
+  pending.clear()
+  for (first, _), m in zip(calls, place.get_metrics([dm for _, dm in calls])):
+    bad = ~np.isfinite(m["loss"])
+    if bad.any():
+      raise FloatingPointError(
+          f"loss is {m['loss'][bad.argmax()]} at step {first + int(bad.argmax()) + 1}; "
+          f"stopping (last checkpoint: step {mngr.latest_step()})")
+    window.add(m)
+
+
+def _log_progress(writer, window: LogWindow, step: int, schedule: Schedule) -> None:
+  means, steps_per_s = window.flush()
+  rate = steps_per_s * schedule.batch_size
+  epoch = step / schedule.steps_per_epoch
+  if writer:
+    writer.write(step, "train", {**means, "images_per_sec": rate, "epoch": epoch})
+  eta = (schedule.total_steps - step) / steps_per_s
+  logging.info("step %d/%d (epoch %.2f) loss %.5f mse %.5f | %.0f img/s | ETA %s", step,
+               schedule.total_steps, epoch, means["train_loss"], means["train_mse"], rate,
+               time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+
+def _record_eval(workdir: str, writer, result: dict, model, params, ds, corrupt, eval_key,
+                 num_images: int) -> None:
+  """eval.json, a metrics record, the pictures and a log line for one eval (chief only)."""
+  writer.write(result["step"], "eval", result)
+  metrics.write_json(os.path.join(workdir, "eval.json"), result)
+  _save_pictures(workdir, model, params, ds, corrupt, eval_key, num_images)
+  logging.info("eval at step %d (epoch %d): %s", result["step"], result["epoch"],
+               ", ".join(f"{k} {v:.5f}" for k, v in result.items()
+                         if k.endswith(("mse", "psnr", "loss"))))
 
 
 def _save_pictures(workdir: str, model, params, ds: data.Dataset, corrupt, eval_key, n: int):
@@ -206,31 +377,12 @@ def _save_pictures(workdir: str, model, params, ds: data.Dataset, corrupt, eval_
                      ["clean", "corrupted", "reconstructed"], "denoising (fixed eval noise)")
 
 
-# Train steps per compiled call for steps_per_call=None, per backend, from
-# `python -m experiments.benchmark --steps_per_call=1,8` (experiments/BENCHMARKS.md).
-# XLA:CPU, 2 cores, reference AE, images/s at batch 128 / 32 (2026-11-24):
-# subpixel K=1 1,580 / 1,617, K=8 116 / 164; matmul K=1 534 / 375, K=8 916 / 503.
-# Inside a scan XLA:CPU does not hand convolutions to its fast library. GPU/TPU:
-# not measured here (no accelerator was lent); 1 until someone measures there.
-AUTO_STEPS_PER_CALL = {"cpu": 1}
-
-
-def resolve_steps_per_call(steps_per_call: int | None, platform: str | None = None) -> int:
-  """None -> the measured choice for `platform` (default: JAX's default backend)."""
-  if steps_per_call is not None:
-    return steps_per_call
-  return AUTO_STEPS_PER_CALL.get(platform or jax.default_backend(), 1)
-
-
-def _chunk_end(step: int, steps_per_epoch: int, steps_per_call: int) -> int:
-  """End of the compiled call starting at `step`: K steps, cut at the epoch's end.
-
-  Chunks are a function of the position in the epoch only, so a run resumed
-  at any chunk end compiles and runs exactly the calls an uninterrupted run does.
-  """
-  epoch_start = step // steps_per_epoch * steps_per_epoch
-  pos = step - epoch_start
-  return epoch_start + min(steps_per_epoch, (pos // steps_per_call + 1) * steps_per_call)
+def _checkpoint_meta(step: int, schedule: Schedule, window: LogWindow, config) -> dict:
+  return {"step": step, "epoch": step // schedule.steps_per_epoch,
+          "position_in_epoch": step % schedule.steps_per_epoch,
+          "steps_per_epoch": schedule.steps_per_epoch, "batch_size": schedule.batch_size,
+          "num_train": schedule.num_train, "log_window": window.to_meta(),
+          "config": json.loads(config.to_json_best_effort())}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -240,200 +392,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Everything is checked before anything is written: the config, the workdir, the
   data, and (when resuming) that the saved run's config is compatible, unless
   allow_config_change. Returns the final eval metrics (also in WORKDIR/eval.json).
-  Raises Preempted after checkpointing if SIGTERM/SIGINT arrives.
+  Raises Preempted after checkpointing if SIGTERM/SIGINT arrives (in any process).
   """
+  # Prepare: every check, then the restore; nothing is written until all passed.
   config_lib.validate(config)
   check_workdir(workdir)
   devices = parallel.select_devices(config.num_devices if config.parallel != "jit" else 1,
                                     config.parallel)
+  parallel.check_batch(config.batch_size, devices, config.parallel)
+  ds = data.load(config.data)
+  if config.batch_size > len(ds.train_x):
+    raise ValueError(f"batch_size={config.batch_size}: larger than the {len(ds.train_x)} "
+                     "training examples")
+  model = models.from_config(config.model, ds.image_shape)
+  keys = run_keys(config.seed)
+  schedule = Schedule(keys["data"], len(ds.train_x), config.batch_size, config.num_epochs,
+                      resolve_steps_per_call(config.steps_per_call))
+  state, window, unreadable = _restore(workdir, config, create_train_state(model, config, keys["init"]),
+                                       schedule.steps_per_epoch, allow_config_change)
+  start_step = int(state.step)
+  if start_step >= schedule.total_steps:  # a finished run: report it, write nothing
+    logging.info("nothing to do: checkpoint at step %d >= %d steps for %d epochs", start_step,
+                 schedule.total_steps, config.num_epochs)
+    with open(os.path.join(workdir, "eval.json")) as f:
+      return json.load(f)
+
   # In a multi-process run every process trains and checkpoints (Orbax writes
   # collectively); only process 0 writes metrics, pictures, eval.json and run.json.
   chief = jax.process_index() == 0
-  parallel.check_batch(config.batch_size, devices, config.parallel)
-  ds = data.load(config.data)
-  n_train = len(ds.train_x)
-  steps_per_epoch = n_train // config.batch_size  # the remainder is dropped, as a new order comes each epoch
-  if steps_per_epoch == 0:
-    raise ValueError(f"batch_size={config.batch_size}: larger than the {n_train} training examples")
-  total_steps = config.num_epochs * steps_per_epoch
-
-  model = models.from_config(config.model, ds.image_shape)
-  corrupt = noise.corruption_fn(config.noise)
-  keys = run_keys(config.seed)
-  train_key, data_key, eval_key = keys["train"], keys["data"], keys["eval"]
-  state = create_train_state(model, config, keys["init"])
-
-  def check_meta(meta):
-    conflicts = config_lib.resume_conflicts(meta["config"], config)
-    reshaping = [c for c in conflicts
-                 if c.startswith("model.") and not c.startswith(config_lib.PARAM_NEUTRAL)]
-    if reshaping:
-      raise ValueError(
-          f"workdir={workdir!r} holds a model of another shape ({'; '.join(reshaping)}): its "
-          "parameters cannot be loaded into this one, even with --allow_config_change; use a new workdir")
-    if conflicts and not allow_config_change:
-      raise ValueError(
-          f"workdir={workdir!r} holds a run with another config ({'; '.join(conflicts)}): use a "
-          "new workdir, or pass --allow_config_change to continue it with this config")
-    if meta["steps_per_epoch"] != steps_per_epoch or meta["batch_size"] != config.batch_size:
-      raise ValueError(
-          f"workdir={workdir!r} holds a run with batch_size={meta['batch_size']} and "
-          f"{meta['steps_per_epoch']} steps/epoch; this config has batch_size={config.batch_size} "
-          f"and {steps_per_epoch}: use a new workdir")
-
-  start_step, log_window, restored, unreadable = 0, {"steps": 0, "sums": {}}, None, []
-  has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints"))
-  if jax.process_count() > 1:  # every process must see the workdir before any of them writes to it
-    multihost_utils.sync_global_devices("ae_jax: workdir checked")
-  if has_checkpoints:
-    reader = checkpoint.manager(workdir, config.keep_checkpoints)
-    try:
-      restored = checkpoint.restore_latest(reader, state, check_meta)
-    finally:
-      reader.close()
-  if restored is not None:
-    host_state, meta, unreadable = restored
-    state = state.replace(**{k: getattr(host_state, k) for k in ("step", "params", "opt_state")})
-    start_step = int(host_state.step)
-    log_window = meta["log_window"]  # the partial mean since the last log line
-
-  eval_path = os.path.join(workdir, "eval.json")
-  if start_step >= total_steps:  # a finished run: report it, write nothing
-    logging.info("nothing to do: checkpoint at step %d >= %d steps for %d epochs", start_step,
-                 total_steps, config.num_epochs)
-    with open(eval_path) as f:
-      return json.load(f)
-
-  # All checks passed: from here on the workdir is written.
   if chief:
     os.makedirs(workdir, exist_ok=True)
     checkpoint.set_aside(workdir, unreadable)
+    record = _run_record(workdir, config, ds, devices, state, schedule, start_step)
+    metrics.write_json(os.path.join(workdir, "run.json"), record)
+    logging.info("data %s: %d train / %d test, image shape %s; %s params; %s on %d device(s) of "
+                 "%d process(es), conv_impl %s", ds.source, len(ds.train_x), len(ds.test_x),
+                 ds.image_shape, f"{record['param_counts']['total']:,}", config.parallel,
+                 len(devices), jax.process_count(), record["conv_impl"])
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-  n_params = {"encoder": models.count_params(state.params["encoder"]),
-              "decoder": models.count_params(state.params["decoder"]),
-              "total": models.count_params(state.params)}
-  steps_per_call = resolve_steps_per_call(config.steps_per_call)
-  run_path = os.path.join(workdir, "run.json")
-  previous = []
-  if start_step and os.path.exists(run_path):  # keep what earlier invocations recorded
-    with open(run_path) as f:
-      earlier = json.load(f)
-    previous = earlier.pop("previous", []) + [earlier]
-  run_record = {
-      "config": json.loads(config.to_json_best_effort()),
-      "versions": _versions(),
-      "data": ds.summary(),
-      "devices": [str(d) for d in devices],
-      "processes": jax.process_count(),
-      "parallel": config.parallel,
-      "conv_impl": layers.resolve(config.model.conv_impl),
-      "steps_per_call": steps_per_call,
-      "data_on_device": config.data_on_device,
-      "param_counts": n_params,
-      "steps_per_epoch": steps_per_epoch,
-      "total_steps": total_steps,
-      "resumed_from_step": start_step,
-      "previous": previous,
-  }
-  if chief:
-    metrics.write_json(run_path, run_record)
-  logging.info("data %s: %d train / %d test, image shape %s", ds.source, n_train,
-               len(ds.test_x), ds.image_shape)
-  logging.info("model: %s params (encoder %s, decoder %s); %s on %d device(s) of %d process(es), "
-               "conv_impl %s", f"{n_params['total']:,}", f"{n_params['encoder']:,}",
-               f"{n_params['decoder']:,}", config.parallel, len(devices), jax.process_count(),
-               run_record["conv_impl"])
-
-  step_fn = functools.partial(train_step, loss=config.loss, corrupt=corrupt)
-  runner = parallel.make_runner(config.parallel, step_fn, devices, config.batch_size)
-  table = runner.put_table({"image": ds.train_x}) if config.data_on_device else None
-  eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply, loss=config.loss,
-                                      corrupt=corrupt))
   writer = metrics.Writer(workdir, start_step) if chief else None
-  dstate = runner.put_state(state)
-
-  step, order_epoch, order = start_step, -1, None
-  window = {"t": time.perf_counter(), "timed": 0, **log_window}  # timed: steps run since t
-  last_eval = None
-  pending = []  # (first step, device metrics) of the calls not yet read back
-
-  def drain_all():
-    """Reads back every pending call's metrics (one sync), then logs them in order."""
-    calls = list(pending)
-    pending.clear()
-    for (first, _), m in zip(calls, runner.get_metrics([dm for _, dm in calls])):
-      drain(first, m)
-
-  def drain(first, m):
-    """Host side of a finished call: check finiteness, log on crossing log_every_steps."""
-    k = len(m["loss"])
-    bad = ~np.isfinite(m["loss"])
-    if bad.any():
-      raise FloatingPointError(
-          f"loss is {m['loss'][bad.argmax()]} at step {first + int(bad.argmax()) + 1}; "
-          f"stopping (last checkpoint: step {mngr.latest_step()})")
-    window["steps"] += k
-    window["timed"] += k
-    for name, v in m.items():
-      window["sums"][name] = window["sums"].get(name, 0.0) + float(np.sum(v, dtype=np.float64))
-    end = first + k
-    if end // config.log_every_steps > first // config.log_every_steps or end == total_steps:
-      now = time.perf_counter()
-      rate = window["timed"] * config.batch_size / (now - window["t"])
-      means = {f"train_{n}": s / window["steps"] for n, s in window["sums"].items()}
-      if writer:
-        writer.write(end, "train", {**means, "images_per_sec": rate, "epoch": end / steps_per_epoch})
-      eta = (total_steps - end) * config.batch_size / rate
-      logging.info("step %d/%d (epoch %.2f) loss %.5f mse %.5f | %.0f img/s | ETA %s", end,
-                   total_steps, end / steps_per_epoch, means["train_loss"], means["train_mse"],
-                   rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
-      window.update(t=now, timed=0, steps=0, sums={})
+  objective = objectives.from_config(config, model.apply)
+  corrupt = noise.corruption_fn(config.noise)
+  place = parallel.placement(config.parallel, devices, config.batch_size)
+  step = place.compile(functools.partial(train_step, objective=objective, corrupt=corrupt))
+  eval_fn = jax.jit(functools.partial(eval_step, objective=objective, corrupt=corrupt))
+  table = place.put_table({"image": ds.train_x}) if config.data_on_device else None
+  dstate, pending, last_eval = place.put_state(state), [], None
 
   try:
-    with _StopOnSignal() as stop:
-      while step < total_steps:
-        epoch = step // steps_per_epoch
-        if epoch != order_epoch:
-          order, order_epoch = data.epoch_order(data_key, epoch, n_train), epoch
-        end = _chunk_end(step, steps_per_epoch, steps_per_call)
-        pos = step - epoch * steps_per_epoch
-        idx = order[pos * config.batch_size:(end - epoch * steps_per_epoch) * config.batch_size]
-        idx = idx.reshape(end - step, config.batch_size)[:, runner.local_rows]  # this process's rows
-        batches = {"index": idx.astype(np.int32)} if table is not None else {"image": ds.train_x[idx]}
-        dstate, device_metrics = runner.step(dstate, runner.put_batches(batches), train_key, table)
-        pending.append((step, device_metrics))
-        epoch_done = end % steps_per_epoch == 0
-        save_due = end // config.checkpoint_every_steps > step // config.checkpoint_every_steps
-        log_due = end // config.log_every_steps > step // config.log_every_steps
-        step = end
-        if log_due:  # the host waits for the device only here and before a save
-          drain_all()
-        if not (epoch_done or save_due or step == total_steps or stop.signum):
+    with preemption.StopOnSignal() as stop:
+      for calls, call in enumerate(schedule.calls(start_step), 1):
+        rows = call.indices_KB[:, place.local_rows]  # this process's rows of each global batch
+        batches = {"index": rows} if table is not None else {"image": ds.train_x[rows]}
+        dstate, device_metrics = step(dstate, place.put_batches(batches), keys["train"], table)
+        pending.append((call.start, device_metrics))
+        stopping = stop.due(calls)
+        last = call.end == schedule.total_steps
+        log_now = itstime(call.start, call.end, config.log_every_steps) or last
+        save_now = (call.epoch_done or last or stopping
+                    or itstime(call.start, call.end, config.checkpoint_every_steps))
+        if not (log_now or save_now):
           continue
-        drain_all()
-        host_state = runner.get_state(dstate)
-        if epoch_done:
-          last_eval = evaluate(eval_fn, host_state.params, ds.test_x, eval_key,
+        _read_back(pending, place, window, mngr)  # the host waits for the device only here
+        if log_now:
+          _log_progress(writer, window, call.end, schedule)
+        if not save_now:
+          continue
+        host_state = place.get_state(dstate)
+        if call.epoch_done:
+          last_eval = evaluate(eval_fn, host_state.params, ds.test_x, keys["eval"],
                                config.eval_batch_size)
-          last_eval.update(step=step, epoch=step // steps_per_epoch)
+          last_eval.update(step=call.end, epoch=call.epoch + 1)
           if chief:
-            writer.write(step, "eval", last_eval)
-            metrics.write_json(eval_path, last_eval)
-            _save_pictures(workdir, model, host_state.params, ds, corrupt, eval_key,
-                           config.num_images)
-          logging.info("eval at step %d (epoch %d): %s", step, step // steps_per_epoch,
-                       ", ".join(f"{k} {v:.5f}" for k, v in last_eval.items()
-                                 if k.endswith(("mse", "psnr", "loss"))))
-          window.update(t=time.perf_counter(), timed=0)  # eval time is not training throughput
-        checkpoint.save(mngr, step, host_state, {
-            "step": step, "epoch": step // steps_per_epoch,
-            "position_in_epoch": step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-            "batch_size": config.batch_size, "num_train": n_train,
-            "log_window": {"steps": window["steps"], "sums": window["sums"]},
-            "config": json.loads(config.to_json_best_effort())})
-        if stop.signum is not None and step < total_steps:
+            _record_eval(workdir, writer, last_eval, model, host_state.params, ds, corrupt,
+                         keys["eval"], config.num_images)
+          window.restart_clock()  # eval time is not training throughput
+        checkpoint.save(mngr, call.end, host_state,
+                        _checkpoint_meta(call.end, schedule, window, config))
+        if stopping and not last:
           mngr.wait_until_finished()
-          raise Preempted(stop.signum, step, mngr.directory)
+          raise preemption.Preempted(stop.signum, call.end, mngr.directory)
   finally:
     mngr.wait_until_finished()  # an async save in flight completes (or fails) before exit
     mngr.close()

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import layers, models, noise, parallel, train
+from ae_jax import layers, models, noise, objectives, parallel, train
 import experiments
 
 _MODELS = flags.DEFINE_list("models", ["ae", "dae"], "ae and/or dae.")
@@ -118,15 +118,16 @@ def bench_jax(kind: str, batch: int, impl: str, k: int, dtype: str, peak_gflops:
   corrupt = noise.corruption_fn(cfg.noise)
   state = train.create_train_state(model, cfg, jax.random.key(0))
   host_params = jax.device_get(state.params)  # the train state's buffers are donated below
-  step_fn = functools.partial(train.train_step, loss=cfg.loss, corrupt=corrupt)
-  runner = parallel.make_runner("jit", step_fn, jax.local_devices()[:1], batch)
+  objective = objectives.from_config(cfg, model.apply)
+  place = parallel.placement("jit", jax.local_devices()[:1], batch)
+  step = place.compile(functools.partial(train.train_step, objective=objective, corrupt=corrupt))
   x = np.asarray(jax.random.uniform(jax.random.key(1), (k, batch, *model.image_shape)))
-  batches = runner.put_batches({"image": x})
+  batches = place.put_batches({"image": x})
   key = jax.random.key(2)
-  box = {"state": runner.put_state(state)}
+  box = {"state": place.put_state(state)}
 
   def run_once():
-    box["state"], m = runner.step(box["state"], batches, key)
+    box["state"], m = step(box["state"], batches, key, None)
     return m
 
   t = time.perf_counter()
@@ -134,12 +135,11 @@ def bench_jax(kind: str, batch: int, impl: str, k: int, dtype: str, peak_gflops:
   compile_s = time.perf_counter() - t
 
   train_rates, faults = timed_windows(run_once, k * batch)
-  eval_fn = jax.jit(functools.partial(train.eval_step, apply_fn=model.apply, loss=cfg.loss,
-                                      corrupt=corrupt))
+  eval_fn = jax.jit(functools.partial(train.eval_step, objective=objective, corrupt=corrupt))
   params = jax.device_put(host_params)
-  mask = np.ones(batch, bool)
-  jax.block_until_ready(eval_fn(params, x[0], mask, key, 0))
-  eval_rates, _ = timed_windows(lambda: eval_fn(params, x[0], mask, key, 0), batch)
+  eval_batch = {"image": x[0], "mask": np.ones(batch, bool), "position": np.arange(batch)}
+  jax.block_until_ready(eval_fn(params, eval_batch, key))
+  eval_rates, _ = timed_windows(lambda: eval_fn(params, eval_batch, key), batch)
   rate = statistics.median(train_rates)
   bound = peak_gflops * 1e9 / train_flops_per_image(model)
   return {"framework": "jax", "model": kind, "batch_size": batch, "conv_impl": impl,

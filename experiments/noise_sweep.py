@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ae_jax import data, metrics, noise, plots, probes, train
+from ae_jax import data, metrics, noise, objectives, plots, probes, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Override the run's data.dir (moved files).")
@@ -37,13 +37,14 @@ def run(workdir: str, data_dir: str | None = None, num_images: int = 8) -> list[
   ds = data.load(cfg.data)
   eval_key = train.run_keys(cfg.seed)["eval"]
   shown = np.linspace(0, len(ds.test_x) - 1, num_images).astype(np.int32)
+  objective = objectives.from_config(cfg, trained.model.apply)
   rows = []
   for kind, levels in LEVELS.items():
     figure, labels = [ds.test_x[shown]], ["clean"]
     for level in levels:
       ncfg = noise_config(kind, level, cfg.noise)
-      eval_fn = jax.jit(functools.partial(train.eval_step, apply_fn=trained.model.apply,
-                                          loss=cfg.loss, corrupt=noise.corruption_fn(ncfg)))
+      eval_fn = jax.jit(functools.partial(train.eval_step, objective=objective,
+                                          corrupt=noise.corruption_fn(ncfg)))
       result = train.evaluate(eval_fn, trained.params, ds.test_x, eval_key, cfg.eval_batch_size)
       param = "sigma" if kind == "gaussian" else "nu"
       rows.append({"kind": kind, param: level, **{k: result[k] for k in (

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import layers, models, parallel, train
+from ae_jax import layers, models, objectives, parallel, train
 import experiments
 
 _IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", *layers.IMPLS], "Conv implementation.")
@@ -46,8 +46,11 @@ def main(argv):
   del argv
   kept = experiments.use_fast_cpu_settings(_KEEP.value)  # before JAX's first op
   model = models.Autoencoder(conv_impl=_IMPL.value)
-  state = train.create_train_state(model, config_lib.get_default(), jax.random.key(0))
-  step = jax.jit(functools.partial(parallel.multi_step, functools.partial(train.train_step, loss="mse")),
+  cfg = config_lib.get_default()
+  state = train.create_train_state(model, cfg, jax.random.key(0))
+  objective = objectives.from_config(cfg, model.apply)
+  step = jax.jit(functools.partial(parallel.multi_step,
+                                   functools.partial(train.train_step, objective=objective)),
                  donate_argnums=0)
   batch = {"image": jax.device_put(np.random.default_rng(0).random((1, _BATCH.value, 28, 28, 1), np.float32))}
   key = jax.random.key(1)

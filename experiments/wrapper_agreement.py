@@ -13,20 +13,11 @@ import jax
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import layers, models, noise, parallel, train
+from ae_jax import layers, metrics, models, noise, objectives, parallel, train
 
 _STEPS = flags.DEFINE_integer("steps", 4, "Train steps.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
 _IMPL = flags.DEFINE_enum("conv_impl", "xla", list(layers.IMPLS), "Conv implementation.")
-
-
-def rel_err(a, b) -> float:
-  """Relative L2 distance between two pytrees of arrays."""
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  num = sum(float(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
-            for x, y in zip(la, lb))
-  den = sum(float(np.sum(np.asarray(y, np.float64) ** 2)) for y in lb)
-  return (num / den) ** 0.5
 
 
 def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
@@ -41,18 +32,20 @@ def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
   cfg.noise.kind = kind
   model = models.Autoencoder(conv_impl=conv_impl)
   state = train.create_train_state(model, cfg, jax.random.key(0))
-  step_fn = functools.partial(train.train_step, loss="mse", corrupt=noise.corruption_fn(cfg.noise))
-  runner = parallel.make_runner(mode, step_fn, devices, batch)
+  step_fn = functools.partial(train.train_step, objective=objectives.from_config(cfg, model.apply),
+                              corrupt=noise.corruption_fn(cfg.noise))
+  place = parallel.placement(mode, devices, batch)
+  step = place.compile(step_fn)
   images = np.asarray(jax.random.uniform(jax.random.key(1), (steps, batch, 28, 28, 1)))
-  table = runner.put_table({"image": images.reshape(steps * batch, 28, 28, 1)}) if on_device else None
+  table = place.put_table({"image": images.reshape(steps * batch, 28, 28, 1)}) if on_device else None
   index = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)
-  dstate, losses = runner.put_state(state), []
+  dstate, losses = place.put_state(state), []
   for start in range(0, steps, steps_per_call):
     chunk = slice(start, start + steps_per_call)
     batches = {"index": index[chunk]} if on_device else {"image": images[chunk]}
-    dstate, m = runner.step(dstate, runner.put_batches(batches), jax.random.key(2), table)
-    losses += list(runner.get_metrics(m)["loss"])
-  return runner.get_state(dstate), np.asarray(losses)
+    dstate, m = step(dstate, place.put_batches(batches), jax.random.key(2), table)
+    losses += list(place.get_metrics(m)["loss"])
+  return place.get_state(dstate), np.asarray(losses)
 
 
 def main(argv):
@@ -62,13 +55,13 @@ def main(argv):
   ref, ref_losses = train_steps("jit", one, _STEPS.value, _BATCH.value, conv_impl=_IMPL.value)
   init = train.create_train_state(models.Autoencoder(), config_lib.get_default(), jax.random.key(0))
   print(f"{len(devices)} {devices[0].platform} devices; {_STEPS.value} steps of global batch "
-        f"{_BATCH.value}; params moved {rel_err(init.params, ref.params):.3e} (relative) from init")
+        f"{_BATCH.value}; params moved {metrics.relative_distance(init.params, ref.params):.3e} (relative) from init")
   for name, mode, devs, k in [("pmap", "pmap", devices, 1), ("mesh", "mesh", devices, 1),
                               ("jit, 2 steps/call", "jit", one, 2),
                               ("pmap, 2 steps/call", "pmap", devices, 2)]:
     state, losses = train_steps(mode, devs, _STEPS.value, _BATCH.value, k, conv_impl=_IMPL.value)
     loss_err = float(np.max(np.abs(losses / ref_losses - 1)))
-    print(f"{name:20s} vs jit on 1 device: params rel. diff {rel_err(state.params, ref.params):.2e}, "
+    print(f"{name:20s} vs jit on 1 device: params rel. diff {metrics.relative_distance(state.params, ref.params):.2e}, "
           f"max loss rel. diff {loss_err:.2e}")
 
 

@@ -1,6 +1,7 @@
-"""Four CPU devices for the multi-device tests, and the MNIST IDX folder fixture."""
+"""Four CPU devices for the multi-device tests, the data fixtures, and helpers the tests share."""
 
 import os
+import tempfile
 
 import jax
 
@@ -12,6 +13,8 @@ import pytest  # noqa: E402
 from ae_jax import data  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Decoded-TFDS caches of this session (and of the runs it starts) stay out of the user's ~/.cache.
+os.environ["AE_JAX_CACHE"] = tempfile.mkdtemp(prefix="ae_jax_cache_")
 SHARED_MNIST = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
 
 
@@ -48,3 +51,12 @@ def small_idx_dir(tmp_path_factory, embedded_uint8):
   tx, ty, vx, vy = embedded_uint8
   return write_mnist_idx(str(tmp_path_factory.mktemp("small_idx")),
                          (tx[:512], ty[:512], vx[:128], vy[:128]))
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory, embedded_uint8):
+  """A real prepared TFDS dataset, 'tiny_digits' (600 train / 200 test embedded digits)."""
+  tx, ty, vx, vy = embedded_uint8
+  directory = str(tmp_path_factory.mktemp("tfds"))
+  data.write_tfds(directory, "tiny_digits", (tx[:600], ty[:600], vx[:200], vy[:200]))
+  return directory

@@ -1,8 +1,10 @@
-"""Data sources: IDX files (real and deliberately broken), embedded digits, TFDS under mock_data."""
+"""Data sources: IDX files (real and deliberately broken), embedded digits, a real prepared TFDS dataset."""
 
 import gzip
 import os
 import shutil
+import socket
+import time
 
 import jax
 import ml_collections
@@ -134,13 +136,36 @@ def test_sizes_are_limited_and_checked():
     data.load(_cfg(source="embedded", train_size=5000))
 
 
-def test_tfds_under_mock_data():
-  with tfds.testing.mock_data(num_examples=12):
-    ds = data.load(_cfg(source="tfds", name="mnist"))
-  assert ds.train_x.shape == (12, 28, 28, 1) and ds.test_x.shape == (12, 28, 28, 1)
-  assert ds.train_x.dtype == np.float32 and 0.0 <= ds.train_x.min() and ds.train_x.max() <= 1.0
-  assert ds.train_y.dtype == np.int32
-  assert ds.source == "tfds:mnist"
+def _rows(x):
+  """The images of x as a sorted list of byte strings: the same set in any order compares equal."""
+  return sorted(np.asarray(a).tobytes() for a in x)
+
+
+def test_tfds_prepared_dataset_is_read_decoded_once_and_cached(tfds_dir, embedded_uint8):
+  tx, ty, vx, vy = embedded_uint8
+  cfg = _cfg(source="tfds", name="tiny_digits", dir=tfds_dir)
+  ds = data.load(cfg)
+  assert ds.train_x.shape == (600, 28, 28, 1) and ds.test_x.shape == (200, 28, 28, 1)
+  assert ds.train_x.dtype == np.float32 and ds.train_y.dtype == np.int32
+  assert ds.source == f"tfds:tiny_digits@{tfds_dir}"
+  # The same images and labels that were written (TFDS stores them in its own order).
+  assert _rows((ds.train_x * 255).round().astype(np.uint8)) == _rows(tx[:600])
+  assert _rows((ds.test_x * 255).round().astype(np.uint8)) == _rows(vx[:200])
+  np.testing.assert_array_equal(np.bincount(ds.train_y, minlength=10), np.bincount(ty[:600], minlength=10))
+  # train_size decodes only a prefix of the same order.
+  small = data.load(_cfg(source="tfds", name="tiny_digits", dir=tfds_dir, train_size=50))
+  np.testing.assert_array_equal(small.train_x, ds.train_x[:50])
+  cached = sorted(os.listdir(os.path.join(os.environ["AE_JAX_CACHE"], "tfds")))
+  assert [c.split("-")[-2:] for c in cached] == [["test", "all.npz"], ["train", "50.npz"],
+                                                 ["train", "all.npz"]]
+  # A second start reads the cache; a damaged cache file is decoded again, to the same arrays.
+  for name in cached:
+    with open(os.path.join(os.environ["AE_JAX_CACHE"], "tfds", name), "r+b") as f:
+      f.seek(200)
+      f.write(b"damaged")
+  again = data.load(cfg)
+  np.testing.assert_array_equal(again.train_x, ds.train_x)
+  np.testing.assert_array_equal(again.test_y, ds.test_y)
 
 
 def test_tfds_unknown_name():
@@ -148,21 +173,41 @@ def test_tfds_unknown_name():
     data.load(_cfg(source="tfds", name="not_a_dataset"))
 
 
-def test_tfds_prepare_without_tensorflow_names_the_install(monkeypatch):
-  def needs_tf(*args, **kwargs):
-    raise ModuleNotFoundError("No module named 'tensorflow'")
-  monkeypatch.setattr(tfds, "data_source", needs_tf)
-  with pytest.raises(data.DataError, match=r"needs TensorFlow: pip install 'ae_jax\[tfds-prepare\]'"):
-    data.load(_cfg(source="tfds", name="mnist"))
-
-
-def test_tfds_offline_download_failure_is_one_line(monkeypatch):
-  def offline(*args, **kwargs):
-    raise ConnectionError("Failed to resolve 'storage.googleapis.com'\nmore lines")
-  monkeypatch.setattr(tfds, "data_source", offline)
+def test_tfds_not_prepared_and_offline_fails_at_once(monkeypatch, tmp_path):
+  monkeypatch.setattr(data, "_online", lambda: False)
+  t = time.perf_counter()
   with pytest.raises(data.DataError) as e:
-    data.load(_cfg(source="tfds", name="mnist"))
+    data.load(_cfg(source="tfds", name="mnist", dir=str(tmp_path), download=True))
+  assert time.perf_counter() - t < 10
+  assert str(e.value).startswith("TFDS could not load 'mnist': not prepared in ")
   assert "\n" not in str(e.value) and "data.source='idx'" in str(e.value)
+  with pytest.raises(data.DataError, match="is not prepared in .* and data.download=False"):
+    data.load(_cfg(source="tfds", name="mnist", dir=str(tmp_path), download=False))
+
+
+def test_online_check_is_quick_and_false_for_a_closed_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # bound, not listening: connections are refused
+    t = time.perf_counter()
+    assert not data._online("127.0.0.1", port, timeout_s=2.0)
+  assert time.perf_counter() - t < 3
+
+
+@pytest.mark.parametrize("error,message", [
+    (ModuleNotFoundError("No module named 'tensorflow'"),
+     r"needs TensorFlow: pip install 'ae_jax\[tfds-prepare\]'"),
+    (ConnectionError("Failed to resolve 'storage.googleapis.com'\nmore lines"),
+     r"^TFDS could not load 'mnist' \(ConnectionError: Failed to resolve .*data.source='idx'"),
+])
+def test_tfds_prepare_failures_are_one_line(monkeypatch, tmp_path, error, message):
+  def prepare(*args, **kwargs):
+    raise error
+  monkeypatch.setattr(data, "_online", lambda: True)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", prepare)
+  with pytest.raises(data.DataError, match=message) as e:
+    data.load(_cfg(source="tfds", name="mnist", dir=str(tmp_path), download=True))
+  assert "\n" not in str(e.value)
 
 
 def test_unknown_source():

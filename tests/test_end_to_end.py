@@ -13,7 +13,6 @@ import pytest
 
 from ae_jax import metrics
 from conftest import REPO
-from experiments.wrapper_agreement import rel_err
 
 
 def _train(workdir, idx_dir, *overrides, devices=1, check=True):
@@ -131,7 +130,7 @@ def test_batches_fed_from_the_host_train_the_same(straight, tmp_path, small_idx_
   assert json.loads((straight[0] / "run.json").read_text())["data_on_device"] is True
   (step_a, pa), (step_b, pb) = _params(straight[0]), _params(workdir)
   assert step_a == step_b == 16
-  assert rel_err(pa, pb) < 1e-6
+  assert metrics.relative_distance(pa, pb) < 1e-6
   assert [r["step"] for r in _records(workdir)] == [r["step"] for r in _records(straight[0])]
 
 

@@ -14,7 +14,6 @@ import pytest
 
 from ae_jax import checkpoint, metrics
 from experiments import multiprocess_agreement as agreement
-from experiments.wrapper_agreement import rel_err
 
 
 def _wait(started, timeout: float = 240):
@@ -48,8 +47,8 @@ def test_two_processes_match_one_process_and_one_device(runs):
   # run has no such tie: all three pairs agree to < 2e-8 at steps 2 and 4.
   for step in (2, 4):
     p22, p14, p11 = (_params(runs[k], step) for k in ("2x2", "1x4", "1x1"))
-    assert max(rel_err(p22, p14), rel_err(p22, p11), rel_err(p14, p11)) < 1e-5, step
-  assert rel_err(p22, _params(runs["straight"])) > 1e-2  # an epoch moves them far more than that
+    assert max(metrics.relative_distance(p22, p14), metrics.relative_distance(p22, p11), metrics.relative_distance(p14, p11)) < 1e-5, step
+  assert metrics.relative_distance(p22, _params(runs["straight"])) > 1e-2  # an epoch moves them far more than that
   e22, e11 = (json.load(open(runs[k] / "eval.json")) for k in ("2x2", "1x1"))
   assert abs(e22["test_mse"] - e11["test_mse"]) <= 1e-4 * e11["test_mse"]
 
@@ -70,8 +69,8 @@ def test_checkpoints_restore_across_process_counts(runs):
     assert run["resumed_from_step"] == 4 and run["processes"] == processes
     assert run["previous"][0]["processes"] == 3 - processes
   straight = _params(runs["straight"])
-  assert rel_err(_params(runs["1to2"]), straight) < 1e-5  # continues 1 x 4's own checkpoint
-  assert rel_err(_params(runs["2to1"]), straight) < 1e-5  # continues 2 x 2's checkpoint
+  assert metrics.relative_distance(_params(runs["1to2"]), straight) < 1e-5  # continues 1 x 4's own checkpoint
+  assert metrics.relative_distance(_params(runs["2to1"]), straight) < 1e-5  # continues 2 x 2's checkpoint
 
 
 def test_a_killed_peer_stops_the_other_process(tmp_path):

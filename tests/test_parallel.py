@@ -1,15 +1,12 @@
 """jit, pmap and mesh wrappers over one pure step agree with single-device training."""
 
-import functools
-
 import jax
 import numpy as np
 import pytest
 
-from ae_jax import config as config_lib
+from ae_jax import config as config_lib, metrics
 from ae_jax import models, parallel, train
 from experiments import wrapper_agreement
-from experiments.wrapper_agreement import rel_err
 
 STEPS, BATCH = 4, 16
 
@@ -33,12 +30,12 @@ def test_wrappers_agree_with_single_device(single, mode):
   ref_state, ref_losses = single
   state, losses = _run(mode, tuple(jax.devices()))
   assert int(state.step) == STEPS
-  err = rel_err(state.params, ref_state.params)
+  err = metrics.relative_distance(state.params, ref_state.params)
   assert err < 1e-5, f"{mode}: relative parameter difference {err:.2e}"
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   # Training moved the parameters far more than the tolerance.
   init = train.create_train_state(models.Autoencoder(), config_lib.get_default(), jax.random.key(0))
-  assert rel_err(init.params, ref_state.params) > 1e-3
+  assert metrics.relative_distance(init.params, ref_state.params) > 1e-3
 
 
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
@@ -46,7 +43,7 @@ def test_scan_driver_agrees_with_per_step(single, mode):
   ref_state, ref_losses = single
   devices = tuple(jax.devices()[:1]) if mode == "jit" else tuple(jax.devices())
   state, losses = _run(mode, devices, steps_per_call=2)
-  assert rel_err(state.params, ref_state.params) < 1e-5
+  assert metrics.relative_distance(state.params, ref_state.params) < 1e-5
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
 
 
@@ -56,27 +53,33 @@ def test_data_on_device_gives_the_same_steps(single, mode, k):
   devices = tuple(jax.devices()[:1]) if mode == "jit" else tuple(jax.devices())
   host = single if (mode, k) == ("jit", 1) else _run(mode, devices, k)
   state, losses = _run(mode, devices, k, on_device=True)
-  assert rel_err(state.params, host[0].params) < 1e-6
+  assert metrics.relative_distance(state.params, host[0].params) < 1e-6
   np.testing.assert_allclose(losses, host[1], rtol=1e-6)
 
 
 def test_two_devices_agree_too(single):
   state, _ = _run("pmap", tuple(jax.devices()[:2]))
-  assert rel_err(state.params, single[0].params) < 1e-5
+  assert metrics.relative_distance(state.params, single[0].params) < 1e-5
 
 
 def test_indivisible_batch_is_refused():
-  step_fn = functools.partial(train.train_step, loss="mse")
   with pytest.raises(ValueError, match=r"batch_size=30: does not divide across 4 devices "
                                        r"\(parallel='pmap'\); use a multiple of 4"):
-    parallel.make_runner("pmap", step_fn, tuple(jax.devices()), 30)
+    parallel.placement("pmap", tuple(jax.devices()), 30)
 
 
 def test_jit_needs_one_device_and_unknown_mode():
-  step_fn = functools.partial(train.train_step, loss="mse")
   with pytest.raises(ValueError, match="parallel='jit' runs on one device"):
-    parallel.make_runner("jit", step_fn, tuple(jax.devices()), 32)
+    parallel.placement("jit", tuple(jax.devices()), 32)
   with pytest.raises(ValueError, match="parallel='dp'"):
-    parallel.make_runner("dp", step_fn, tuple(jax.devices()[:1]), 32)
+    parallel.placement("dp", tuple(jax.devices()[:1]), 32)
+
+
+def test_one_interface_for_every_placement():
+  state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  for mode, devices in (("jit", jax.devices()[:1]), ("mesh", jax.devices()), ("pmap", jax.devices())):
+    place = parallel.placement(mode, tuple(devices), 8)
+    assert place.local_rows == slice(0, 8)  # one process feeds every row
+    np.testing.assert_array_equal(place.get_state(place.put_state(state))["w"], state["w"])
   with pytest.raises(ValueError, match="num_devices=8: only 4 local devices"):
     parallel.select_devices(8)

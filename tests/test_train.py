@@ -1,6 +1,7 @@
 """One train step against an independent float64 numpy model, Adam by hand, no recompiles."""
 
 import functools
+import json
 
 import chex
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from ae_jax import config as config_lib
-from ae_jax import models, noise, train
+from ae_jax import data, models, noise, objectives, train
 
 # A small model keeps the numpy reference quick; the structure is the reference one.
 MODEL = dict(image_shape=(8, 8, 1), filters=(2, 3), kernel_size=3, latent_dim=2)
@@ -69,6 +70,10 @@ def _np_mse_loss(p, inputs, target):
   return np.mean((1.0 / (1.0 + np.exp(-_np_logits(p, inputs))) - target) ** 2)
 
 
+def _objective(state, loss="mse"):
+  return functools.partial(objectives.reconstruction, apply_fn=state.apply_fn, loss=loss)
+
+
 def _setup(noise_kind="none"):
   cfg = config_lib.get_default()
   cfg.noise.kind = noise_kind
@@ -88,7 +93,7 @@ def test_numpy_reference_matches_flax_forward():
 def test_one_step_loss_gradient_and_adam_update():
   cfg, _, state, x = _setup()
   params0 = _np(state.params)
-  new_state, m = train.train_step(state, {"image": x}, jax.random.key(2), loss="mse")
+  new_state, m = train.train_step(state, {"image": x}, jax.random.key(2), objective=_objective(state))
   x64 = x.astype(np.float64)
   np.testing.assert_allclose(m["loss"], _np_mse_loss(params0, x64, x64), rtol=1e-5)
 
@@ -125,13 +130,13 @@ def test_denoising_step_uses_noise_from_seed_step_and_index():
                         params=jax.tree.map(lambda p: 3.0 * p, state.params))
   fn = noise.corruption_fn(cfg.noise)
   key = jax.random.key(3)
-  _, m = train.train_step(state, {"image": x}, key, loss="mse", corrupt=fn)
+  _, m = train.train_step(state, {"image": x}, key, objective=_objective(state), corrupt=fn)
   # The contract, computed outside the step: example i gets fold_in(fold_in(key, step), i).
   noisy = np.stack([np.asarray(noise.gaussian(jax.random.fold_in(jax.random.fold_in(key, 7), i),
                                               jnp.asarray(x[i]))) for i in range(4)])
   np.testing.assert_allclose(m["loss"], _np_mse_loss(_np(state.params), noisy.astype(np.float64),
                                                      x.astype(np.float64)), rtol=1e-5)
-  _, m_clean = train.train_step(state, {"image": x}, key, loss="mse")
+  _, m_clean = train.train_step(state, {"image": x}, key, objective=_objective(state))
   assert abs(float(m["loss"]) / float(m_clean["loss"]) - 1) > 1e-3
 
 
@@ -142,7 +147,7 @@ def test_jitted_step_compiles_once():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(state, batch, key):
-    return train.train_step(state, batch, key, loss="bce", corrupt=fn)
+    return train.train_step(state, batch, key, objective=_objective(state, "bce"), corrupt=fn)
 
   losses = []
   for _ in range(4):
@@ -154,7 +159,7 @@ def test_jitted_step_compiles_once():
 def test_evaluate_pads_the_last_batch():
   _, model, state, x = _setup()
   images = np.concatenate([x, x[:3]])  # 7 examples: batches of 4 + 3 padded
-  eval_fn = jax.jit(functools.partial(train.eval_step, apply_fn=model.apply, loss="mse"))
+  eval_fn = jax.jit(functools.partial(train.eval_step, objective=_objective(state)))
   out = train.evaluate(eval_fn, state.params, images, jax.random.key(0), batch_size=4)
   ref = np.mean((1 / (1 + np.exp(-_np_logits(_np(state.params), images.astype(np.float64))))
                  - images) ** 2)
@@ -163,12 +168,36 @@ def test_evaluate_pads_the_last_batch():
   np.testing.assert_allclose(out["test_psnr"], 10 * np.log10(1 / ref), rtol=1e-5)
 
 
-@pytest.mark.parametrize("spe,k", [(10, 1), (10, 3), (7, 7), (5, 8)])
-def test_chunks_tile_each_epoch(spe, k):
-  for epoch in range(2):
-    step, ends = epoch * spe, []
-    while step < (epoch + 1) * spe:
-      step = train._chunk_end(step, spe, k)
-      ends.append(step)
-    assert ends[-1] == (epoch + 1) * spe
-    assert all(0 < b - a <= k for a, b in zip([epoch * spe] + ends, ends))
+@pytest.mark.parametrize("n,batch,k", [(80, 8, 1), (80, 8, 3), (56, 8, 7), (40, 8, 8)])
+def test_schedule_tiles_each_epoch_from_the_position_alone(n, batch, k):
+  key = jax.random.key(5)
+  schedule = train.Schedule(key, n, batch, num_epochs=2, steps_per_call=k)
+  spe = n // batch
+  calls = list(schedule.calls(0))
+  assert calls[-1].end == schedule.total_steps == 2 * spe
+  assert all(a.end == b.start for a, b in zip(calls, calls[1:]))
+  assert all(0 < c.end - c.start <= k and c.epoch == c.start // spe for c in calls)
+  assert [c.end for c in calls if c.epoch_done] == [spe, 2 * spe]
+  for epoch in range(2):  # each epoch's batches are its order, in steps of `batch`
+    rows = np.concatenate([c.indices_KB for c in calls if c.epoch == epoch])
+    np.testing.assert_array_equal(rows.reshape(-1), data.epoch_order(key, epoch, n)[:spe * batch])
+  for c in calls:  # a run resumed at any call end runs exactly the remaining calls
+    rest = list(schedule.calls(c.end))
+    assert [(r.start, r.end) for r in rest] == [(r.start, r.end) for r in calls if r.start >= c.end]
+    assert all(np.array_equal(r.indices_KB, s.indices_KB) for r, s in
+               zip(rest, [s for s in calls if s.start >= c.end]))
+
+
+def test_itstime_is_one_predicate_for_every_cadence():
+  assert [e for s, e in zip(range(0, 12), range(1, 13)) if train.itstime(s, e, 4)] == [4, 8, 12]
+  assert train.itstime(2, 5, 4) and not train.itstime(4, 7, 4)  # a call of 3 steps crossing 4, or not
+
+
+def test_log_window_means_and_restart():
+  w = train.LogWindow()
+  w.add({"loss": np.array([1.0, 3.0]), "mse": np.array([0.5, 0.5])})
+  restored = train.LogWindow.from_meta(json.loads(json.dumps(w.to_meta())))  # through checkpoint meta
+  restored.add({"loss": np.array([5.0]), "mse": np.array([2.0])})
+  means, steps_per_s = restored.flush()
+  assert means == {"train_loss": 3.0, "train_mse": 1.0} and steps_per_s > 0
+  assert restored.to_meta() == {"steps": 0, "sums": {}}

@@ -1,0 +1,116 @@
+"""What every entry point shares: one-line flag errors, the exit codes, process setup (CPU, logging, hosts)."""
+
+import logging as py_logging
+import os
+import sys
+
+from absl import app, flags, logging
+
+from ae_jax import checkpoint, parallel, preemption
+from ae_jax import config as config_lib
+import experiments
+
+# Exceptions -> exit codes, most specific first; the message is printed as one line.
+EXIT_CODES = (
+    (preemption.Preempted, lambda e: 128 + e.signum),  # after checkpointing the agreed step
+    (FloatingPointError, lambda e: 3),  # training diverged
+    (checkpoint.CheckpointError, lambda e: 4),  # no readable checkpoint
+    (ValueError, lambda e: 2),  # bad input (data.DataError too), found before any work
+)
+
+
+def fail(message: str, code: int = 2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _unknown_override(argv) -> str | None:
+  """The first --config.KEY=... whose KEY no config field declares (config files only set declared ones)."""
+  for arg in argv:
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      if key not in config_lib.BY_NAME:
+        return key
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing, with every error as one line and exit code 2."""
+  try:
+    rest = flags.FLAGS(argv)
+    config = getattr(flags.FLAGS, "config", None)
+    if config is not None:
+      config.keys()  # config_flags defers a load failure to the first attribute read
+    return rest
+  except OSError as e:
+    errno = [ln.strip() for ln in str(e).splitlines() if "Errno" in ln]
+    fail("--config: cannot load the config file" + (f" ({errno[0]})" if errno else ""))
+  except flags.Error as e:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    fail(" ".join(lines[:1] + [ln for ln in lines[1:] if "Errno" in ln])[:500])
+  except (AttributeError, KeyError) as e:  # config_flags: an override of a key that does not exist
+    key = _unknown_override(argv)
+    if key is None:
+      fail(f"bad --config override: {e}")
+    fail(f"--config.{key}: unknown config key{config_lib.suggest(key, config_lib.BY_NAME)}")
+
+
+def run(main) -> None:
+  """app.run(main) with one-line flag errors, and each library error as one line and its exit code."""
+  def guarded(argv):
+    try:
+      main(argv)
+    except tuple(kind for kind, _ in EXIT_CODES) as e:
+      code = next(code(e) for kind, code in EXIT_CODES if isinstance(e, kind))
+      fail(str(e), code)
+  app.run(guarded, flags_parser=parse_flags)
+
+
+class _QuietLibraries(py_logging.Filter):
+  """Keeps the progress lines readable: INFO from Orbax/TensorStore internals is dropped."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or not any(
+        f"/{lib}/" in record.pathname for lib in ("orbax", "tensorstore", "etils"))
+
+
+def _env_int(name: str) -> int | None:
+  return int(os.environ[name]) if name in os.environ else None
+
+
+def define_process_flags() -> None:
+  """--keep_freed_memory and the jax.distributed flags (with their JAX_* environment defaults)."""
+  flags.DEFINE_bool("distributed", False,
+                    "Join a multi-process run (jax.distributed); implied by --num_processes > 1.")
+  flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                      "host:port of process 0's coordinator (default $JAX_COORDINATOR_ADDRESS).")
+  flags.DEFINE_integer("num_processes", _env_int("JAX_NUM_PROCESSES"),
+                       "Processes in the run (default $JAX_NUM_PROCESSES).", lower_bound=1)
+  flags.DEFINE_integer("process_id", _env_int("JAX_PROCESS_ID"),
+                       "This process's index, 0 .. num_processes - 1 (default $JAX_PROCESS_ID).",
+                       lower_bound=0)
+  flags.DEFINE_integer("distributed_timeout_s", 300, "Seconds to wait for every process to join.",
+                       lower_bound=1)
+  flags.DEFINE_integer("peer_timeout_s", 100,
+                       "A process whose peer stops answering this long exits with an error.",
+                       lower_bound=1)
+  flags.DEFINE_bool("keep_freed_memory", True,
+                    "Keep freed memory in the process (experiments.keep_freed_memory: faster CPU "
+                    "steps, more resident memory); --nokeep_freed_memory leaves malloc as it is.")
+
+
+def start_process() -> None:
+  """Before JAX's first op: CPU settings, INFO logging without library chatter, jax.distributed."""
+  f = flags.FLAGS
+  experiments.use_fast_cpu_settings(f.keep_freed_memory)
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  n, pid = f.num_processes, f.process_id
+  if n is not None and pid is not None and pid >= n:
+    fail(f"--process_id={pid}: expected 0 .. {n - 1} for --num_processes={n}")
+  if f.distributed or (n or 1) > 1:
+    if n is not None and n > 1 and (pid is None or not f.coordinator_address):
+      fail(f"--num_processes={n}: also give --process_id and --coordinator_address (or "
+           "JAX_PROCESS_ID and JAX_COORDINATOR_ADDRESS)")
+    parallel.initialize_distributed(f.coordinator_address, n, pid, timeout_s=f.distributed_timeout_s,
+                                    peer_timeout_s=f.peer_timeout_s)
