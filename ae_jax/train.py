@@ -18,9 +18,21 @@ import ml_collections
 import numpy as np
 import optax
 
-from ae_jax import checkpoint, data, layers, losses, metrics, models, noise, objectives, parallel, plots
+from ae_jax import (
+  checkpoint,
+  data,
+  layers,
+  losses,
+  metrics,
+  models,
+  noise,
+  objectives,
+  parallel,
+  plots,
+  preemption,
+  probes,
+)
 from ae_jax import config as config_lib
-from ae_jax import preemption, probes
 
 TrainState = train_state.TrainState
 

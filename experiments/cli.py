@@ -1,4 +1,4 @@
-"""What every entry point shares: one-line flag errors, the exit codes, process setup (CPU, logging, hosts)."""
+"""What the entry points share: one-line flag errors, the exit codes, process setup (CPU, logs, hosts)."""
 
 import logging as py_logging
 import os

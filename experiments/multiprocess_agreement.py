@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 
 from ae_jax import metrics
 
+distance = metrics.relative_distance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The reference DAE (quickstart = dae_mnist on the embedded digits), 4 steps of batch 16 per epoch.
@@ -110,12 +111,12 @@ def main(argv):
   runs = run_all(argv[1])
   for step in (2, 4):
     p = {k: params(runs[k], step) for k in ("2x2", "1x4", "1x1")}
-    print(f"step {step}: 2x2 vs 1x4 {metrics.relative_distance(p['2x2'], p['1x4']):.2e}, 2x2 vs 1x1 "
-          f"{metrics.relative_distance(p['2x2'], p['1x1']):.2e}, 1x4 vs 1x1 {metrics.relative_distance(p['1x4'], p['1x1']):.2e}")
+    print(f"step {step}: 2x2 vs 1x4 {distance(p['2x2'], p['1x4']):.2e}, 2x2 vs 1x1 "
+          f"{distance(p['2x2'], p['1x1']):.2e}, 1x4 vs 1x1 {distance(p['1x4'], p['1x1']):.2e}")
   straight = params(runs["straight"], 8)
-  print(f"step 8 vs straight 1x4: 2->1 {metrics.relative_distance(params(runs['2to1'], 8), straight):.2e}, "
-        f"1->2 {metrics.relative_distance(params(runs['1to2'], 8), straight):.2e}, "
-        f"(moved from step 4: {metrics.relative_distance(params(runs['1x4'], 4), straight):.2e})")
+  print(f"step 8 vs straight 1x4: 2->1 {distance(params(runs['2to1'], 8), straight):.2e}, "
+        f"1->2 {distance(params(runs['1to2'], 8), straight):.2e}, "
+        f"(moved from step 4: {distance(params(runs['1x4'], 4), straight):.2e})")
 
 
 if __name__ == "__main__":

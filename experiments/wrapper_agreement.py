@@ -15,6 +15,8 @@ import numpy as np
 from ae_jax import config as config_lib
 from ae_jax import layers, metrics, models, noise, objectives, parallel, train
 
+distance = metrics.relative_distance
+
 _STEPS = flags.DEFINE_integer("steps", 4, "Train steps.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
 _IMPL = flags.DEFINE_enum("conv_impl", "xla", list(layers.IMPLS), "Conv implementation.")
@@ -25,7 +27,7 @@ def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
                 on_device: bool = False):
   """(host state, per-step losses) after `steps` steps of the reference DAE on fixed batches.
 
-  on_device: the images go to the devices once (Runner.put_table) and each call
+  on_device: the images go to the devices once (put_table) and each call
   sends only indices, as experiments.train does by default.
   """
   cfg = config_lib.get_default()
@@ -55,13 +57,13 @@ def main(argv):
   ref, ref_losses = train_steps("jit", one, _STEPS.value, _BATCH.value, conv_impl=_IMPL.value)
   init = train.create_train_state(models.Autoencoder(), config_lib.get_default(), jax.random.key(0))
   print(f"{len(devices)} {devices[0].platform} devices; {_STEPS.value} steps of global batch "
-        f"{_BATCH.value}; params moved {metrics.relative_distance(init.params, ref.params):.3e} (relative) from init")
+        f"{_BATCH.value}; params moved {distance(init.params, ref.params):.3e} (relative) from init")
   for name, mode, devs, k in [("pmap", "pmap", devices, 1), ("mesh", "mesh", devices, 1),
                               ("jit, 2 steps/call", "jit", one, 2),
                               ("pmap, 2 steps/call", "pmap", devices, 2)]:
     state, losses = train_steps(mode, devs, _STEPS.value, _BATCH.value, k, conv_impl=_IMPL.value)
     loss_err = float(np.max(np.abs(losses / ref_losses - 1)))
-    print(f"{name:20s} vs jit on 1 device: params rel. diff {metrics.relative_distance(state.params, ref.params):.2e}, "
+    print(f"{name:20s} vs jit on 1 device: params rel. diff {distance(state.params, ref.params):.2e}, "
           f"max loss rel. diff {loss_err:.2e}")
 
 

@@ -154,21 +154,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, small_idx_dir):
       "use a multiple of 4")
 
 
-def test_train_and_evaluate_in_process_on_mocked_tfds(tmp_path):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
+def test_train_and_evaluate_in_process_on_a_prepared_tfds_dataset(tmp_path, tfds_dir):
   import ae_jax  # pylint: disable=g-import-not-at-top
 
   cfg = ae_jax.default_config()
-  cfg.data.source = "tfds"
-  cfg.data.name = "mnist"
+  cfg.data.source = "tfds"  # the default, read from a real prepared dataset
+  cfg.data.name, cfg.data.dir, cfg.data.train_size, cfg.data.test_size = "tiny_digits", tfds_dir, 64, 64
   cfg.batch_size = 16
   cfg.loss = "bce"
   cfg.noise.kind = "salt_and_pepper"
   cfg.noise.nu = 0.2
-  with tfds.testing.mock_data(num_examples=64):
-    result = ae_jax.train_and_evaluate(cfg, str(tmp_path))
+  result = ae_jax.train_and_evaluate(cfg, str(tmp_path))
   assert result["step"] == 4 and result["num_examples"] == 64
   assert np.isfinite(result["test_loss"]) and result["noisy_input_mse"] > 0
   run = json.loads((tmp_path / "run.json").read_text())
-  assert run["data"]["source"] == "tfds:mnist" and run["data"]["num_train"] == 64
+  assert run["data"]["source"] == f"tfds:tiny_digits@{tfds_dir}" and run["data"]["num_train"] == 64

@@ -7,13 +7,18 @@ killed by the test if it outlives its deadline.
 import json
 import os
 import pathlib
+import re
 import signal
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from ae_jax import checkpoint, metrics
 from experiments import multiprocess_agreement as agreement
+
+distance = metrics.relative_distance
 
 
 def _wait(started, timeout: float = 240):
@@ -47,8 +52,8 @@ def test_two_processes_match_one_process_and_one_device(runs):
   # run has no such tie: all three pairs agree to < 2e-8 at steps 2 and 4.
   for step in (2, 4):
     p22, p14, p11 = (_params(runs[k], step) for k in ("2x2", "1x4", "1x1"))
-    assert max(metrics.relative_distance(p22, p14), metrics.relative_distance(p22, p11), metrics.relative_distance(p14, p11)) < 1e-5, step
-  assert metrics.relative_distance(p22, _params(runs["straight"])) > 1e-2  # an epoch moves them far more than that
+    assert max(distance(p22, p14), distance(p22, p11), distance(p14, p11)) < 1e-5, step
+  assert distance(p22, _params(runs["straight"])) > 1e-2  # an epoch moves them far more than that
   e22, e11 = (json.load(open(runs[k] / "eval.json")) for k in ("2x2", "1x1"))
   assert abs(e22["test_mse"] - e11["test_mse"]) <= 1e-4 * e11["test_mse"]
 
@@ -69,8 +74,8 @@ def test_checkpoints_restore_across_process_counts(runs):
     assert run["resumed_from_step"] == 4 and run["processes"] == processes
     assert run["previous"][0]["processes"] == 3 - processes
   straight = _params(runs["straight"])
-  assert metrics.relative_distance(_params(runs["1to2"]), straight) < 1e-5  # continues 1 x 4's own checkpoint
-  assert metrics.relative_distance(_params(runs["2to1"]), straight) < 1e-5  # continues 2 x 2's checkpoint
+  assert distance(_params(runs["1to2"]), straight) < 1e-5  # continues 1 x 4's own checkpoint
+  assert distance(_params(runs["2to1"]), straight) < 1e-5  # continues 2 x 2's checkpoint
 
 
 def test_a_killed_peer_stops_the_other_process(tmp_path):
@@ -99,3 +104,42 @@ def test_a_missing_peer_is_a_one_line_error_after_the_timeout(tmp_path):
   assert rc == 5, out[-2000:]
   assert "error: jax.distributed: process 0 of 2 did not see all processes join" in out
   assert not os.path.exists(tmp_path / "w")  # nothing written
+
+
+def _same_params(a, b) -> bool:
+  step_a, state_a, _ = checkpoint.read_latest(str(a))
+  step_b, state_b, _ = checkpoint.read_latest(str(b))
+  return step_a == step_b and all(np.array_equal(x, y) for x, y in
+                                  zip(jax.tree.leaves(state_a["params"]), jax.tree.leaves(state_b["params"])))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_is_bit_identical(tmp_path):
+  args = ["--config.parallel=mesh", "--config.num_epochs=12"]  # 48 steps of batch 16
+  reference = agreement.start(tmp_path / "reference", tmp_path, 2, 2, args, "reference")
+  run = agreement.start(tmp_path / "run", tmp_path, 2, 2, args, "run")
+  deadline = time.monotonic() + 180
+  while "step 3/" not in open(run[1][1]).read():
+    if time.monotonic() > deadline or run[1][0].poll() is not None:
+      _wait(run + reference, 1)
+      pytest.fail("process 1 never reached step 3:\n" + open(run[1][1]).read()[-3000:])
+    time.sleep(0.1)
+  run[1][0].send_signal(signal.SIGTERM)  # process 1 only
+  t = time.monotonic()
+  results = _wait(run, timeout=60)
+  seconds = time.monotonic() - t
+  assert [rc for rc, _ in results] == [143, 143], [out[-2000:] for _, out in results]
+  assert seconds < 30, seconds
+  stops = [re.search(r"error: stopped by SIGTERM at step (\d+): checkpoint saved", out) for _, out in results]
+  assert all(stops), [out[-2000:] for _, out in results]
+  step = int(stops[0].group(1))
+  assert int(stops[1].group(1)) == step and 3 <= step < 48
+  assert checkpoint.read_latest(str(tmp_path / "run"))[0] == step
+  print(f"SIGTERM to process 1: both exited 143 after {seconds:.1f} s, at step {step}")
+  agreement.check(_wait(reference))
+  agreement.check(_wait(agreement.start(tmp_path / "run", tmp_path, 2, 2, args, "rerun")))
+  assert _same_params(tmp_path / "run", tmp_path / "reference")
+  for name in ("eval.json",):
+    assert json.load(open(tmp_path / "run" / name)) == json.load(open(tmp_path / "reference" / name))
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rs]  # noqa: E731
+  assert strip(metrics.read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))) == \
+      strip(metrics.read_jsonl(str(tmp_path / "reference" / "metrics.jsonl")))

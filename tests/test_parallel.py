@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import config as config_lib, metrics
-from ae_jax import models, parallel, train
+from ae_jax import config as config_lib
+from ae_jax import metrics, models, parallel, train
 from experiments import wrapper_agreement
 
 STEPS, BATCH = 4, 16

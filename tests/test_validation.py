@@ -28,7 +28,7 @@ def _cfg(**overrides):
 BAD_CONFIGS = [
     (dict(batch_size=0), "batch_size=0: expected a positive integer"),
     (dict(num_epochs=-1), "num_epochs=-1: expected a positive integer"),
-    (dict(steps_per_call=0), "steps_per_call=0: expected a positive integer"),
+    (dict(steps_per_call=0), "steps_per_call=0: expected None or a positive integer"),
     (dict(learning_rate=-1e-3), "learning_rate=-0.001: expected a positive number"),
     (dict(seed=-3), "seed=-3: expected an integer >= 0"),
     (dict(optimizer="rmsprop"), "optimizer='rmsprop': expected one of ('adam', 'adamw', 'sgd')"),
@@ -40,11 +40,11 @@ BAD_CONFIGS = [
     (dict(noise__kind="salt_and_pepper", noise__nu=-0.1), "noise.nu=-0.1: expected a fraction"),
     (dict(model__output="softmax"), "model.output='softmax': expected one of"),
     (dict(model__latent_dim=0), "model.latent_dim=0: expected a positive integer"),
-    (dict(model__filters=(32, 0)), "model.filters=0: expected a positive integer"),
+    (dict(model__filters=(32, 0)), "model.filters=(32, 0): expected a non-empty tuple of positive"),
     (dict(data__source="hub"), "data.source='hub': expected one of ('tfds', 'idx', 'embedded')"),
     (dict(data__source="idx"), "data.dir=None: data.source='idx' needs"),
-    (dict(data__train_size=0), "data.train_size=0: expected a positive integer"),
-    (dict(num_devices=0), "num_devices=0: expected a positive integer"),
+    (dict(data__train_size=0), "data.train_size=0: expected None or a positive integer"),
+    (dict(num_devices=0), "num_devices=0: expected None or a positive integer"),
 ]
 
 
@@ -126,7 +126,9 @@ CONFIG = os.path.join(REPO, "experiments", "configs", "quickstart.py")
 
 @pytest.mark.parametrize("args,expected", [
     (["--config", CONFIG, "--config.modle.latent_dim=3"],
-     "error: --config.modle.latent_dim: unknown config key"),
+     "error: --config.modle.latent_dim: unknown config key (did you mean model.latent_dim?)"),
+    (["--config", CONFIG, "--config.learnig_rate=0.1"],
+     "error: --config.learnig_rate: unknown config key (did you mean learning_rate?)"),
     (["--config", CONFIG, "--config.batch_size=big"], "error: flag --config.batch_size=big: invalid literal"),
     (["--config", "experiments/configs/nope.py"], "error: --config: cannot load the config file"),
     (["--config", CONFIG, "--config.noise.std=-1.0"], "error: noise.std=-1.0: expected a number >= 0"),
