@@ -106,6 +106,26 @@ def _report(mngr, step: int, e: Exception) -> str:
   return f"step {step}: {reason}"
 
 
+def latest_meta(workdir: str) -> dict | None:
+  """The JSON meta of WORKDIR's latest checkpoint, or None if there is none or it is unreadable.
+
+  Cheap (no arrays are read): for checks before any work; restore_latest reads
+  and verifies the full checkpoint later.
+  """
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
+  try:
+    step = mngr.latest_step()
+    meta = None if step is None else mngr.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    return meta if isinstance(meta, dict) and all(k in meta for k in META_KEYS) else None
+  except Exception:  # pylint: disable=broad-except
+    return None  # an unreadable latest checkpoint: restore_latest reports it and tries older ones
+  finally:
+    mngr.close()
+
+
 def read_latest(workdir: str):
   """(step, state, meta) of WORKDIR's latest checkpoint as saved (nested dicts of numpy arrays)."""
   mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))

@@ -16,11 +16,12 @@ from ae_jax import data, layers, losses, models, noise, objectives
 
 PARALLEL = ("jit", "pmap", "mesh")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "warmup_cosine")
 
 # What a rerun in the same workdir may do with a field:
 FREE = "free"  # change it: bookkeeping, placement, or num_epochs (which extends a run)
 ALLOW = "allow"  # change it with --allow_config_change: it alters what is learned
-NEVER = "never"  # never: the saved params have another shape
+NEVER = "never"  # never: the saved params or optimizer state have another shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +78,17 @@ FIELDS = (
           "reconstruction loss of the `ae` objective, from the decoder's logits"),
     Field("batch_size", 32, POSITIVE, ALLOW, "global batch, split across devices"),
     Field("num_epochs", 1, POSITIVE, FREE, "a rerun with more extends a finished run"),
-    Field("optimizer", "adam", one_of(*OPTIMIZERS), ALLOW, "optax optimizer"),
-    Field("learning_rate", 1e-3, POSITIVE_NUMBER, ALLOW, "constant learning rate"),
+    Field("optimizer", "adam", one_of(*OPTIMIZERS), NEVER, "optax optimizer"),
+    Field("learning_rate", 1e-3, POSITIVE_NUMBER, ALLOW, "the (peak) learning rate"),
+    Field("lr_schedule", "constant", one_of(*LR_SCHEDULES), NEVER,
+          "`warmup_cosine`: linear warm-up from 0 over warmup_steps, then cosine to 0 at the last step"),
+    Field("warmup_steps", 0, NON_NEGATIVE, ALLOW, "warm-up steps of lr_schedule=warmup_cosine"),
+    Field("weight_decay", None, optional(NON_NEGATIVE_NUMBER), ALLOW,
+          "adamw's decoupled weight decay (None: optax's 1e-4); other optimizers take none", float),
+    Field("grad_clip_norm", None, optional(POSITIVE_NUMBER), NEVER,
+          "clip gradients to this global L2 norm (optax.clip_by_global_norm); None: no clipping", float),
+    Field("ema_decay", None, optional(Check(lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")),
+          NEVER, "keep an EMA of the params (in the optimizer state) and evaluate it; None: off", float),
     Field("parallel", "jit", one_of(*PARALLEL), FREE,
           "`jit`: 1 device; `pmap` or `mesh`: data parallel over num_devices"),
     Field("num_devices", None, optional(POSITIVE), FREE, "None: all local devices", int),
@@ -95,6 +105,8 @@ FIELDS = (
     Field("model.filters", (32, 64), LEVELS, NEVER, "channels of the stride-2 conv levels"),
     Field("model.kernel_size", 3, POSITIVE, NEVER, "conv kernel size"),
     Field("model.latent_dim", 16, POSITIVE, NEVER, "size of the dense latent z_BD"),
+    Field("model.pad", False, BOOL, NEVER,
+          "zero-pad images that 2**levels does not divide to the next multiple, crop the output back"),
     Field("model.output", "probabilities", one_of(*models.OUTPUTS), ALLOW,
           "what the model's __call__ returns; losses always use logits"),
     Field("model.conv_impl", "auto", one_of("auto", *layers.IMPLS), FREE,
@@ -107,10 +119,11 @@ FIELDS = (
     Field("noise.clip", True, BOOL, ALLOW, "gaussian: clip the input to [0, 1]"),
     Field("noise.nu", 0.3, FRACTION, ALLOW, "masking, salt_and_pepper: fraction of pixels hit"),
     Field("data.source", "tfds", one_of(*data.SOURCES), ALLOW,
-          "`tfds`, `idx` (four MNIST-format files in data.dir) or `embedded` (5,000 digits, offline)"),
+          "`tfds`, `idx` (four MNIST-format files in data.dir), `npz` (your arrays: data.dir is a .npz "
+          "file or a folder of .npy files) or `embedded` (5,000 digits, offline)"),
     Field("data.name", "mnist", TEXT, ALLOW, "TFDS dataset name"),
     Field("data.dir", None, optional(TEXT), FREE, "tfds: TFDS data_dir (None: TFDS default); "
-          "idx: the folder of the four IDX files", str),
+          "idx: the folder of the four IDX files; npz: the .npz file or folder of .npy files", str),
     Field("data.download", True, BOOL, FREE, "tfds: download and prepare when not prepared"),
     Field("data.train_size", None, optional(POSITIVE), ALLOW, "first N training examples; None: all",
           int),
@@ -145,10 +158,16 @@ def flatten(c, prefix: str = "") -> dict:
   return out
 
 
+def closest(name: str, known) -> str | None:
+  """The known name nearest to `name` (a typo's intended name), if any is near."""
+  close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+  return close[0] if close else None
+
+
 def suggest(name: str, known) -> str:
   """' (did you mean X?)' for the closest known name, or ''."""
-  close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-  return f" (did you mean {close[0]}?)" if close else ""
+  close = closest(name, known)
+  return f" (did you mean {close}?)" if close else ""
 
 
 def unknown_keys(c) -> list[str]:
@@ -168,8 +187,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     value = tuple(value) if isinstance(value, list) else value
     if not f.check.ok(value):
       raise ValueError(f"{f.name}={value!r}: expected {f.check.expected}")
+  if c.weight_decay is not None and c.optimizer != "adamw":
+    raise ValueError(f"weight_decay={c.weight_decay!r}: only optimizer='adamw' decays weights "
+                     f"(optimizer={c.optimizer!r}); use adamw or leave weight_decay None")
   if c.data.source == "idx" and not c.data.dir:
     raise ValueError("data.dir=None: data.source='idx' needs the folder holding the four IDX files")
+  if c.data.source == "npz" and not c.data.dir:
+    raise ValueError("data.dir=None: data.source='npz' needs a .npz file or a folder of .npy files")
 
 
 def resume_conflicts(saved: dict, c: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:

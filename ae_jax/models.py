@@ -15,17 +15,23 @@ DTYPES = ("float32", "bfloat16")
 
 
 
-def check_image_shape(image_shape: Sequence[int], levels: int) -> None:
-  """Raises ValueError unless H and W are divisible by 2**levels."""
+def padded_shape(image_shape: Sequence[int], levels: int) -> tuple[int, int, int]:
+  """(H, W, C) with H and W rounded up to multiples of 2**levels."""
+  h, w, c = (int(d) for d in image_shape)
+  factor = 2**levels
+  return (-(-h // factor) * factor, -(-w // factor) * factor, c)
+
+
+def check_image_shape(image_shape: Sequence[int], levels: int, pad: bool = False) -> None:
+  """Raises ValueError unless H and W are divisible by 2**levels (or pad is on)."""
   if len(image_shape) != 3 or any(int(d) <= 0 for d in image_shape):
     raise ValueError(f"image_shape={tuple(image_shape)}: expected (H, W, C) with positive sizes")
-  h, w, _ = image_shape
   factor = 2**levels
-  if h % factor or w % factor:
+  if not pad and tuple(padded_shape(image_shape, levels)) != tuple(int(d) for d in image_shape):
     raise ValueError(
         f"image_shape={tuple(image_shape)}: H and W must be divisible by 2**levels={factor} "
-        f"for {levels} stride-2 levels"
-    )
+        f"for {levels} stride-2 levels; set model.pad=True to pad the input to "
+        f"{padded_shape(image_shape, levels)} and crop the output back")
 
 
 class Encoder(nn.Module):
@@ -90,7 +96,11 @@ class Decoder(nn.Module):
 
 
 class Autoencoder(nn.Module):
-  """Encoder + Decoder. Params are {'encoder': ..., 'decoder': ...}, each loadable on its own."""
+  """Encoder + Decoder. Params are {'encoder': ..., 'decoder': ...}, each loadable on its own.
+
+  pad: images whose H or W 2**levels does not divide are zero-padded (evenly on
+  both sides) to the next multiple, and the decoder's output is cropped back.
+  """
 
   image_shape: Sequence[int] = (28, 28, 1)
   filters: Sequence[int] = (32, 64)
@@ -99,36 +109,50 @@ class Autoencoder(nn.Module):
   output: str = "probabilities"
   conv_impl: str = "auto"
   dtype: Any = None
+  pad: bool = False
 
   def setup(self):
+    check_image_shape(self.image_shape, len(self.filters), self.pad)
     self.encoder = Encoder(self.filters, self.kernel_size, self.latent_dim, self.conv_impl, self.dtype)
-    self.decoder = Decoder(self.image_shape, self.filters, self.kernel_size, self.output,
-                           self.conv_impl, self.dtype)
+    self.decoder = Decoder(padded_shape(self.image_shape, len(self.filters)), self.filters,
+                           self.kernel_size, self.output, self.conv_impl, self.dtype)
+
+  def _margins(self) -> tuple[tuple[int, int], tuple[int, int]]:
+    (h, w, _), (ph, pw, _) = self.image_shape, padded_shape(self.image_shape, len(self.filters))
+    return ((ph - h) // 2, ph - h - (ph - h) // 2), ((pw - w) // 2, pw - w - (pw - w) // 2)
+
+  def _crop(self, y_BHWC: jax.Array) -> jax.Array:
+    (top, _), (left, _) = self._margins()
+    return y_BHWC[:, top:top + self.image_shape[0], left:left + self.image_shape[1]]
 
   def encode(self, x_BHWC: jax.Array) -> jax.Array:
+    (top, bottom), (left, right) = self._margins()
+    if top or bottom or left or right:
+      x_BHWC = jnp.pad(x_BHWC, ((0, 0), (top, bottom), (left, right), (0, 0)))
     return self.encoder(x_BHWC)
 
   def decode(self, z_BD: jax.Array) -> jax.Array:
-    return self.decoder(z_BD)
+    return self._crop(self.decoder(z_BD))
 
   def logits(self, x_BHWC: jax.Array) -> jax.Array:
-    return self.decoder.logits(self.encoder(x_BHWC))
+    return self._crop(self.decoder.logits(self.encode(x_BHWC)))
 
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    return self.decoder(self.encoder(x_BHWC))
+    return self.decode(self.encode(x_BHWC))
 
 
 def from_config(cfg: ml_collections.ConfigDict, image_shape: Sequence[int]) -> Autoencoder:
   """Builds the Autoencoder from `config.model` for images of `image_shape`."""
-  check_image_shape(image_shape, len(cfg.filters))
+  check_image_shape(image_shape, len(cfg.filters), cfg.pad)
   return Autoencoder(
       image_shape=tuple(int(d) for d in image_shape),
       filters=tuple(int(f) for f in cfg.filters),
       kernel_size=int(cfg.kernel_size),
       latent_dim=int(cfg.latent_dim),
       output=cfg.output,
-      conv_impl=cfg.get("conv_impl", "auto"),
-      dtype=None if cfg.get("dtype", "float32") == "float32" else jnp.dtype(cfg.dtype),
+      conv_impl=cfg.conv_impl,
+      dtype=None if cfg.dtype == "float32" else jnp.dtype(cfg.dtype),
+      pad=cfg.pad,
   )
 
 

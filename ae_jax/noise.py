@@ -16,14 +16,17 @@ def gaussian(key: jax.Array, x: jax.Array, *, mean: float = 0.5, std: float = 0.
   return jnp.clip(y, 0.0, 1.0) if clip else y
 
 
-def _chosen(key: jax.Array, shape, nu: float) -> jax.Array:
-  """Boolean mask with exactly round(nu * size) True entries at random positions."""
+def _chosen(key: jax.Array, shape, nu) -> jax.Array:
+  """Boolean mask with exactly round(nu * size) True entries at random positions.
+
+  nu may be traced (one compilation for every level): the entries are the
+  first round(nu * size) of a random permutation.
+  """
   n = 1
   for d in shape:
     n *= d
-  k = round(nu * n)
   order = jax.random.permutation(key, n)
-  return (jnp.zeros((n,), bool).at[order[:k]].set(True)).reshape(shape)
+  return jnp.zeros((n,), bool).at[order].set(jnp.arange(n) < jnp.round(nu * n)).reshape(shape)
 
 
 def masking(key: jax.Array, x: jax.Array, *, nu: float) -> jax.Array:

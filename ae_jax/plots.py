@@ -75,10 +75,10 @@ def training_curves(path: str, records: list[dict]) -> None:
   fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
   ax0.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss")
   if evals:
-    ax0.plot([r["step"] for r in evals], [r["test_loss"] for r in evals], "o-", label="test loss")
-    ax1.plot([r["step"] for r in evals], [r["test_psnr"] for r in evals], "o-", label="test PSNR")
-    if "noisy_input_psnr" in evals[0]:
-      ax1.plot([r["step"] for r in evals], [r["noisy_input_psnr"] for r in evals], "s--",
+    ax0.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="test loss")
+    ax1.plot([r["step"] for r in evals], [r["recon_psnr"] for r in evals], "o-", label="test PSNR")
+    if "corruption_psnr" in evals[0]:
+      ax1.plot([r["step"] for r in evals], [r["corruption_psnr"] for r in evals], "s--",
                label="corrupted input PSNR")
   ax0.set_yscale("log")
   ax0.set_xlabel("step")

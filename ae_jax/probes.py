@@ -42,6 +42,16 @@ def _apply(model, method: str, params, x):
   return jax.nn.sigmoid(out) if method == "logits" else out
 
 
+def _check_batch(what: str, x, expected: tuple) -> np.ndarray:
+  """x as float32 if its shape is [N, *expected]; else a one-line ValueError saying what is expected."""
+  x = np.asarray(x, np.float32)
+  if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != tuple(expected) or len(x) == 0:
+    one = " (one example: x[None])" if tuple(x.shape) == tuple(expected) else ""
+    raise ValueError(f"{what}: shape {tuple(x.shape)}, expected [N, {', '.join(map(str, expected))}]"
+                     f"{one}")
+  return x
+
+
 def _batched(model, method: str, params, x: np.ndarray, batch_size: int) -> np.ndarray:
   """Applies `method` over x in fixed-size batches (the last one padded): one compilation."""
   return np.concatenate([np.asarray(_apply(model, method, params, chunk))[:valid]
@@ -50,18 +60,20 @@ def _batched(model, method: str, params, x: np.ndarray, batch_size: int) -> np.n
 
 
 def embed(model, params, images_NHWC, batch_size: int = 1000) -> np.ndarray:
-  """Images -> latents z_ND."""
-  return _batched(model, "encode", params, images_NHWC, batch_size)
+  """Images [N, H, W, C] -> latents z_ND."""
+  images = _check_batch("images_NHWC", images_NHWC, model.image_shape)
+  return _batched(model, "encode", params, images, batch_size)
 
 
 def reconstruct(model, params, images_NHWC, batch_size: int = 1000) -> np.ndarray:
-  """Images -> reconstructions in [0, 1] (sigmoid of the logits, whatever model.output says)."""
-  return _batched(model, "logits", params, images_NHWC, batch_size)
+  """Images [N, H, W, C] -> reconstructions in [0, 1] (sigmoid of the logits, whatever model.output says)."""
+  images = _check_batch("images_NHWC", images_NHWC, model.image_shape)
+  return _batched(model, "logits", params, images, batch_size)
 
 
 def decode(model, params, z_ND, batch_size: int = 1000) -> np.ndarray:
-  """Latents -> images in [0, 1]."""
-  z = np.asarray(z_ND, np.float32)
+  """Latents [N, latent_dim] -> images in [0, 1]."""
+  z = _check_batch("z_ND", z_ND, (model.latent_dim,))
   out = _batched(model, "decode", params, z, batch_size)
   return out if model.output == "probabilities" else np.asarray(jax.nn.sigmoid(out))
 
@@ -95,15 +107,18 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def interpolate(model, params, image_a, image_b, steps: int = 10, method: str = "linear"):
-  """Decoded images along the latent path from image_a to image_b: [steps, H, W, C]."""
+  """Decoded images along the latent path from image_a to image_b (each [H, W, C]): [steps, H, W, C].
+
+  method: 'linear' or 'spherical' (slerp, for latents whose norm carries little meaning).
+  """
   z = embed(model, params, np.stack([image_a, image_b]))
   t = np.linspace(0.0, 1.0, steps)
   if method == "linear":
     path = (1 - t)[:, None] * z[0] + t[:, None] * z[1]
-  elif method == "slerp":
+  elif method in ("spherical", "slerp"):
     path = slerp(z[0], z[1], t)
   else:
-    raise ValueError(f"method={method!r}: expected 'linear' or 'slerp'")
+    raise ValueError(f"method={method!r}: expected 'linear' or 'spherical' (alias 'slerp')")
   return decode(model, params, path.astype(np.float32))
 
 

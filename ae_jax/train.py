@@ -8,6 +8,7 @@ import os
 import platform
 import tempfile
 import time
+from typing import NamedTuple
 
 from absl import logging
 from flax.training import train_state
@@ -37,6 +38,17 @@ from ae_jax import config as config_lib
 TrainState = train_state.TrainState
 
 
+def report(message: str, *args) -> None:
+  """A progress line: through absl logging where it shows INFO (the entry points), else printed.
+
+  So a notebook or a plain script sees progress without configuring logging.
+  """
+  if logging.level_info():
+    logging.info(message, *args)
+  else:
+    print(message % args, flush=True)
+
+
 def run_keys(seed: int) -> dict:
   """The run's named keys, split once from the root key: init, train, data (order), eval."""
   init, train_, data_, eval_ = jax.random.split(jax.random.key(seed), 4)
@@ -62,20 +74,65 @@ def check_workdir(workdir: str) -> None:
     raise ValueError(f"workdir={workdir!r}: not writable ({e.strerror or e})") from None
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+class EmaState(NamedTuple):
+  ema: optax.Params  # exponential moving average of the params after each update
+
+
+def track_ema(decay: float) -> optax.GradientTransformation:
+  """Last in a chain: passes the updates through and keeps an EMA of the updated params.
+
+  ema_0 = the initial params; ema_t = decay * ema_{t-1} + (1 - decay) * params_t.
+  Kept in the optimizer state, so it is checkpointed and resumed with it.
+  """
+  def init(params):
+    return EmaState(ema=jax.tree.map(jnp.asarray, params))
+
+  def update(updates, state, params):
+    new = optax.apply_updates(params, updates)
+    return updates, EmaState(jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema, new))
+  return optax.GradientTransformation(init, update)
+
+
+def learning_rate(cfg: ml_collections.ConfigDict, total_steps: int | None = None):
+  """cfg.learning_rate, or a schedule over total_steps (warm-up from 0, then cosine to 0)."""
+  if cfg.lr_schedule == "constant":
+    return cfg.learning_rate
+  if total_steps is None:
+    raise ValueError(f"lr_schedule={cfg.lr_schedule!r}: needs the run's total steps")
+  return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
+                                            max(total_steps, cfg.warmup_steps + 1), 0.0)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict,
+                   total_steps: int | None = None) -> optax.GradientTransformation:
+  """cfg.optimizer with its learning rate (schedule), weight decay, gradient clipping and EMA."""
+  lr = learning_rate(cfg, total_steps)
   if cfg.optimizer == "adam":
-    return optax.adam(cfg.learning_rate)  # Keras Adam defaults: b1 .9, b2 .999; eps differs (1e-7)
-  if cfg.optimizer == "adamw":
-    return optax.adamw(cfg.learning_rate)
-  if cfg.optimizer == "sgd":
-    return optax.sgd(cfg.learning_rate)
-  raise ValueError(f"optimizer={cfg.optimizer!r}: expected one of {config_lib.OPTIMIZERS}")
+    tx = optax.adam(lr)  # Keras Adam defaults: b1 .9, b2 .999; eps differs (1e-7)
+  elif cfg.optimizer == "adamw":  # decoupled weight decay; optax's 1e-4 when weight_decay is None
+    tx = optax.adamw(lr) if cfg.weight_decay is None else optax.adamw(lr, weight_decay=cfg.weight_decay)
+  elif cfg.optimizer == "sgd":
+    tx = optax.sgd(lr)
+  else:
+    raise ValueError(f"optimizer={cfg.optimizer!r}: expected one of {config_lib.OPTIMIZERS}")
+  parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm else []
+  parts.append(tx)
+  if cfg.ema_decay is not None:
+    parts.append(track_ema(cfg.ema_decay))
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def eval_params(state: TrainState):
+  """The params to evaluate: their EMA when the optimizer keeps one (ema_decay), else the params."""
+  ema = optax.tree_utils.tree_get(state.opt_state, "ema", None)
+  return state.params if ema is None else ema
 
 
 def create_train_state(model: models.Autoencoder, cfg: ml_collections.ConfigDict,
-                       key: jax.Array) -> TrainState:
+                       key: jax.Array, total_steps: int | None = None) -> TrainState:
+  """Params from `key`, step 0, and make_optimizer(cfg, total_steps) (needed by lr schedules)."""
   params = models.init_params(model, key)
-  state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg))
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, total_steps))
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
@@ -112,8 +169,12 @@ def train_step(state: TrainState, batch: dict, train_key: jax.Array, *, objectiv
 def eval_step(params, batch: dict, eval_key: jax.Array, *, objective, corrupt=None) -> dict:
   """Sums over the valid examples (batch['mask']) of per-example metrics; divide by the count.
 
-  batch['position'] is each example's index in the test split: denoising evals
-  corrupt example i with fold_in(eval_key, i), the same noise at every eval.
+  `loss` and `recon_mse` come from the input as training feeds it (corrupted,
+  for denoising: the denoised output vs the clean image). Denoising adds
+  `corruption_mse` (corrupted input vs clean image: no model, the error to beat)
+  and `recon_from_clean_mse` (the model fed clean images). batch['position'] is
+  each example's index in the test split: example i is corrupted with
+  fold_in(eval_key, i), the same noise at every eval.
   """
   x_BHWC = batch["image"]
   noise_key, objective_key = objectives.split_step_key(eval_key)
@@ -124,16 +185,14 @@ def eval_step(params, batch: dict, eval_key: jax.Array, *, objective, corrupt=No
   def run(inputs_BHWC):
     loss_B, m = objective(params, {"image": x_BHWC, "input": inputs_BHWC,
                                    "position": batch["position"]}, objective_key)
-    return {"loss": total(loss_B), **{k: total(v) for k, v in m.items() if k != "loss"}}
+    return {"loss": total(loss_B), **{"recon_mse" if k == "mse" else k: total(v)
+                                      for k, v in m.items() if k != "loss"}}
 
   if corrupt is None:
-    return {f"test_{k}": v for k, v in run(x_BHWC).items()}
+    return run(x_BHWC)
   noisy_BHWC = noise.corrupt_batch(corrupt, noise_key, x_BHWC, batch["position"])
-  noisy, clean = run(noisy_BHWC), run(x_BHWC)
-  return {"test_loss": noisy.pop("loss"), "denoised_mse": noisy.pop("mse"),
-          "clean_input_mse": clean["mse"],
-          "noisy_input_mse": total(jax.vmap(losses.mse)(noisy_BHWC, x_BHWC)),
-          **{f"test_{k}": v for k, v in noisy.items()}}
+  return {**run(noisy_BHWC), "recon_from_clean_mse": run(x_BHWC)["recon_mse"],
+          "corruption_mse": total(jax.vmap(losses.mse)(noisy_BHWC, x_BHWC))}
 
 
 def evaluate(eval_fn, params, images: np.ndarray, eval_key: jax.Array, batch_size: int) -> dict:
@@ -149,11 +208,8 @@ def evaluate(eval_fn, params, images: np.ndarray, eval_key: jax.Array, batch_siz
     for k, v in batch_sums.items():
       sums[k] = sums.get(k, 0.0) + float(v)
   out = {k: v / len(images) for k, v in sums.items()}
-  if "denoised_mse" in out:
-    out["test_mse"] = out["denoised_mse"]
-    for k in ("noisy_input", "denoised", "clean_input"):
-      out[f"{k}_psnr"] = float(losses.psnr(out[f"{k}_mse"]))
-  out["test_psnr"] = float(losses.psnr(out["test_mse"]))
+  out.update({f"{k[:-len('_mse')]}_psnr": float(losses.psnr(v)) for k, v in out.items()
+              if k.endswith("_mse")})
   out["num_examples"] = len(images)
   return out
 
@@ -271,19 +327,24 @@ def _versions() -> dict:
   return out
 
 
-def _check_saved_run(meta: dict, config, workdir: str, steps_per_epoch: int,
+def _check_saved_run(meta: dict, config, workdir: str, steps_per_epoch: int | None,
                      allow_config_change: bool) -> None:
-  """Raises ValueError unless the run saved in workdir can continue under `config`."""
+  """Raises ValueError unless the run saved in workdir can continue under `config`.
+
+  steps_per_epoch=None checks the config alone (before the data is loaded).
+  """
   conflicts, reshaping = config_lib.resume_conflicts(meta["config"], config)
   if reshaping:
     raise ValueError(
         f"workdir={workdir!r} holds a model of another shape ({'; '.join(reshaping)}): its "
-        "parameters cannot be loaded into this one, even with --allow_config_change; use a new workdir")
+        "parameters or optimizer state cannot be loaded into this one, even with --allow_config_change; "
+        "use a new workdir")
   if conflicts and not allow_config_change:
     raise ValueError(
         f"workdir={workdir!r} holds a run with another config ({'; '.join(conflicts)}): use a "
         "new workdir, or pass --allow_config_change to continue it with this config")
-  if meta["steps_per_epoch"] != steps_per_epoch or meta["batch_size"] != config.batch_size:
+  if steps_per_epoch is not None and (meta["steps_per_epoch"] != steps_per_epoch
+                                      or meta["batch_size"] != config.batch_size):
     raise ValueError(
         f"workdir={workdir!r} holds a run with batch_size={meta['batch_size']} and "
         f"{meta['steps_per_epoch']} steps/epoch; this config has batch_size={config.batch_size} "
@@ -360,7 +421,7 @@ def _log_progress(writer, window: LogWindow, step: int, schedule: Schedule) -> N
   if writer:
     writer.write(step, "train", {**means, "images_per_sec": rate, "epoch": epoch})
   eta = (schedule.total_steps - step) / steps_per_s
-  logging.info("step %d/%d (epoch %.2f) loss %.5f mse %.5f | %.0f img/s | ETA %s", step,
+  report("step %d/%d (epoch %.2f) loss %.5f mse %.5f | %.0f img/s | ETA %s", step,
                schedule.total_steps, epoch, means["train_loss"], means["train_mse"], rate,
                time.strftime("%H:%M:%S", time.gmtime(eta)))
 
@@ -371,7 +432,7 @@ def _record_eval(workdir: str, writer, result: dict, model, params, ds, corrupt,
   writer.write(result["step"], "eval", result)
   metrics.write_json(os.path.join(workdir, "eval.json"), result)
   _save_pictures(workdir, model, params, ds, corrupt, eval_key, num_images)
-  logging.info("eval at step %d (epoch %d): %s", result["step"], result["epoch"],
+  report("eval at step %d (epoch %d): %s", result["step"], result["epoch"],
                ", ".join(f"{k} {v:.5f}" for k, v in result.items()
                          if k.endswith(("mse", "psnr", "loss"))))
 
@@ -412,6 +473,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   devices = parallel.select_devices(config.num_devices if config.parallel != "jit" else 1,
                                     config.parallel)
   parallel.check_batch(config.batch_size, devices, config.parallel)
+  saved = checkpoint.latest_meta(workdir)  # refuse another run's workdir before loading and compiling
+  if saved is not None:
+    _check_saved_run(saved, config, workdir, None, allow_config_change)
   ds = data.load(config.data)
   if config.batch_size > len(ds.train_x):
     raise ValueError(f"batch_size={config.batch_size}: larger than the {len(ds.train_x)} "
@@ -420,14 +484,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   keys = run_keys(config.seed)
   schedule = Schedule(keys["data"], len(ds.train_x), config.batch_size, config.num_epochs,
                       resolve_steps_per_call(config.steps_per_call))
-  state, window, unreadable = _restore(workdir, config, create_train_state(model, config, keys["init"]),
-                                       schedule.steps_per_epoch, allow_config_change)
+  state, window, unreadable = _restore(
+      workdir, config, create_train_state(model, config, keys["init"], schedule.total_steps),
+      schedule.steps_per_epoch, allow_config_change)
   start_step = int(state.step)
   if start_step >= schedule.total_steps:  # a finished run: report it, write nothing
-    logging.info("nothing to do: checkpoint at step %d >= %d steps for %d epochs", start_step,
+    report("nothing to do: checkpoint at step %d >= %d steps for %d epochs", start_step,
                  schedule.total_steps, config.num_epochs)
     with open(os.path.join(workdir, "eval.json")) as f:
-      return json.load(f)
+      return metrics.upgrade_eval(json.load(f))
 
   # In a multi-process run every process trains and checkpoints (Orbax writes
   # collectively); only process 0 writes metrics, pictures, eval.json and run.json.
@@ -437,7 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoint.set_aside(workdir, unreadable)
     record = _run_record(workdir, config, ds, devices, state, schedule, start_step)
     metrics.write_json(os.path.join(workdir, "run.json"), record)
-    logging.info("data %s: %d train / %d test, image shape %s; %s params; %s on %d device(s) of "
+    report("data %s: %d train / %d test, image shape %s; %s params; %s on %d device(s) of "
                  "%d process(es), conv_impl %s", ds.source, len(ds.train_x), len(ds.test_x),
                  ds.image_shape, f"{record['param_counts']['total']:,}", config.parallel,
                  len(devices), jax.process_count(), record["conv_impl"])
@@ -472,12 +537,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           continue
         host_state = place.get_state(dstate)
         if call.epoch_done:
-          last_eval = evaluate(eval_fn, host_state.params, ds.test_x, keys["eval"],
-                               config.eval_batch_size)
+          params = eval_params(host_state)
+          last_eval = evaluate(eval_fn, params, ds.test_x, keys["eval"], config.eval_batch_size)
           last_eval.update(step=call.end, epoch=call.epoch + 1)
           if chief:
-            _record_eval(workdir, writer, last_eval, model, host_state.params, ds, corrupt,
-                         keys["eval"], config.num_images)
+            _record_eval(workdir, writer, last_eval, model, params, ds, corrupt, keys["eval"],
+                         config.num_images)
           window.restart_clock()  # eval time is not training throughput
         checkpoint.save(mngr, call.end, host_state,
                         _checkpoint_meta(call.end, schedule, window, config))

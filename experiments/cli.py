@@ -2,6 +2,7 @@
 
 import logging as py_logging
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -34,8 +35,37 @@ def _unknown_override(argv) -> str | None:
   return None
 
 
+HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def usage(full: bool) -> str:
+  """The entry point's docstring, its flags (all of absl's too when `full`) and, if it takes
+  --config, every config field with its default and allowed values."""
+  main = sys.modules["__main__"]
+  text = [(main.__doc__ or "").strip(), ""]
+  if full:
+    text.append(flags.FLAGS.get_help())
+  else:
+    for module in (main, sys.modules[__name__]):
+      name = module.__spec__.name if module.__spec__ else module.__name__
+      help_text = flags.FLAGS.module_help(name)
+      if help_text.strip():
+        text.append(help_text)
+  if "config" in flags.FLAGS:
+    text += ["", "Config fields (--config.FIELD=VALUE; 'rerun' says whether a rerun in the same workdir "
+             "may change it):"]
+    for f in config_lib.FIELDS:
+      text.append(f"  --config.{f.name}: {f.help}\n    default {f.default!r}; expected "
+                  f"{f.check.expected}; rerun: {f.rerun}")
+  return "\n".join(text) + "\n"
+
+
 def parse_flags(argv):
-  """absl flag parsing, with every error as one line and exit code 2."""
+  """absl flag parsing, with every error as one line and exit code 2; --help lists the config fields."""
+  asked = [a for a in argv[1:] if a in HELP]
+  if asked:
+    print(usage(full=asked[0] == "--helpfull"))
+    sys.exit(0)
   try:
     rest = flags.FLAGS(argv)
     config = getattr(flags.FLAGS, "config", None)
@@ -45,6 +75,13 @@ def parse_flags(argv):
   except OSError as e:
     errno = [ln.strip() for ln in str(e).splitlines() if "Errno" in ln]
     fail("--config: cannot load the config file" + (f" ({errno[0]})" if errno else ""))
+  except flags.UnrecognizedFlagError as e:
+    name = e.flagname
+    field = name if name in config_lib.BY_NAME else config_lib.closest(name, config_lib.BY_NAME)
+    if field:  # --num_epochs=2 is --config.num_epochs=2
+      fail(f"--{name}: unknown flag (did you mean --config.{field}?)")
+    close = config_lib.closest(name, [f for f in flags.FLAGS if not f.startswith("config.")])
+    fail(f"--{name}: unknown flag" + (f" (did you mean --{close}?)" if close else "") + "; see --help")
   except flags.Error as e:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     fail(" ".join(lines[:1] + [ln for ln in lines[1:] if "Errno" in ln])[:500])
@@ -67,11 +104,37 @@ def run(main) -> None:
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Keeps the progress lines readable: INFO from Orbax/TensorStore internals is dropped."""
+  """Keeps the progress lines readable: INFO from library internals is dropped (ae_jax's stays)."""
+
+  LIBRARIES = ("orbax", "tensorstore", "etils", "jax", "tensorflow_datasets")
 
   def filter(self, record):
     return record.levelno >= py_logging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "tensorstore", "etils"))
+        f"/{lib}/" in record.pathname for lib in self.LIBRARIES)
+
+
+def quiet_logging() -> None:
+  """INFO lines from ae_jax and the entry point; libraries only from WARNING up."""
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def _exit_now(signum, frame):
+  """Outside the train loop (which checkpoints first), a signal ends the process at once, in one line.
+
+  os._exit rather than an exception: a KeyboardInterrupt raised while JAX
+  initialises or compiles has crashed the interpreter (exit 139). Files in the
+  workdir are only ever replaced whole, so none is left half-written.
+  """
+  sys.stderr.write(f"error: stopped by {signal.Signals(signum).name} before or after the training "
+                   "loop; nothing half-written, rerun the same command to continue\n")
+  sys.stderr.flush()
+  os._exit(128 + signum)
+
+
+def exit_on_signal() -> None:
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, _exit_now)
 
 
 def _env_int(name: str) -> int | None:
@@ -101,10 +164,10 @@ def define_process_flags() -> None:
 
 def start_process() -> None:
   """Before JAX's first op: CPU settings, INFO logging without library chatter, jax.distributed."""
+  exit_on_signal()
   f = flags.FLAGS
   experiments.use_fast_cpu_settings(f.keep_freed_memory)
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  quiet_logging()
   n, pid = f.num_processes, f.process_id
   if n is not None and pid is not None and pid >= n:
     fail(f"--process_id={pid}: expected 0 .. {n - 1} for --num_processes={n}")

@@ -9,12 +9,12 @@ clean, then corrupted / denoised per level).
 import functools
 import os
 
-from absl import app, flags
+from absl import flags
 import jax
-import ml_collections
 import numpy as np
 
-from ae_jax import data, metrics, noise, objectives, plots, probes, train
+from ae_jax import data, losses, metrics, noise, objectives, plots, probes, train
+from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Override the run's data.dir (moved files).")
@@ -24,9 +24,22 @@ LEVELS = {"gaussian": (0.25, 0.5, 0.75, 1.0), "masking": (0.1, 0.3, 0.5, 0.7),
           "salt_and_pepper": (0.1, 0.3, 0.5, 0.7)}
 
 
-def noise_config(kind: str, level: float, trained_noise) -> ml_collections.ConfigDict:
-  mean = trained_noise.mean if trained_noise.kind == "gaussian" else 0.5
-  return ml_collections.ConfigDict(dict(kind=kind, mean=mean, std=level, clip=True, nu=level))
+def corruption(kind: str, level, trained_noise):
+  """The per-example corruption of `kind` at `level` (sigma or nu), which may be traced."""
+  if kind == "gaussian":
+    mean = trained_noise.mean if trained_noise.kind == "gaussian" else 0.5
+    return functools.partial(noise.gaussian, mean=mean, std=level, clip=True)
+  return functools.partial({"masking": noise.masking, "salt_and_pepper": noise.salt_and_pepper}[kind],
+                           nu=level)
+
+
+def _eval_at_level(params, batch, key, level, *, kind, objective, trained_noise):
+  return train.eval_step(params, batch, key, objective=objective,
+                         corrupt=corruption(kind, level, trained_noise))
+
+
+def _corrupt_at_level(key, x_BHWC, index_B, level, *, kind, trained_noise):
+  return noise.corrupt_batch(corruption(kind, level, trained_noise), key, x_BHWC, index_B)
 
 
 def run(workdir: str, data_dir: str | None = None, num_images: int = 8) -> list[dict]:
@@ -40,42 +53,51 @@ def run(workdir: str, data_dir: str | None = None, num_images: int = 8) -> list[
   objective = objectives.from_config(cfg, trained.model.apply)
   rows = []
   for kind, levels in LEVELS.items():
+    # The level is a traced argument: one compilation per kind, not per level.
+    eval_fn = jax.jit(functools.partial(_eval_at_level, kind=kind, objective=objective,
+                                        trained_noise=cfg.noise))
+    corrupt_fn = jax.jit(functools.partial(_corrupt_at_level, kind=kind, trained_noise=cfg.noise))
     figure, labels = [ds.test_x[shown]], ["clean"]
     for level in levels:
-      ncfg = noise_config(kind, level, cfg.noise)
-      eval_fn = jax.jit(functools.partial(train.eval_step, objective=objective,
-                                          corrupt=noise.corruption_fn(ncfg)))
-      result = train.evaluate(eval_fn, trained.params, ds.test_x, eval_key, cfg.eval_batch_size)
+      at_level = functools.partial(eval_fn, level=np.float32(level))
+      result = train.evaluate(at_level, trained.params, ds.test_x, eval_key, cfg.eval_batch_size)
       param = "sigma" if kind == "gaussian" else "nu"
-      rows.append({"kind": kind, param: level, **{k: result[k] for k in (
-          "noisy_input_mse", "noisy_input_psnr", "denoised_mse", "denoised_psnr")}})
-      noisy = probes.corrupt(ncfg, eval_key, ds.test_x[shown], shown)  # the eval's own noise
+      trained_here = cfg.noise.kind == kind and np.isclose(
+          level, cfg.noise.std if kind == "gaussian" else cfg.noise.nu)
+      rows.append({"kind": kind, param: level, "trained_level": bool(trained_here), **{k: result[k] for k in (
+          "corruption_mse", "corruption_psnr", "recon_mse", "recon_psnr", "recon_from_clean_mse")}})
+      noisy = np.asarray(corrupt_fn(eval_key, ds.test_x[shown], shown, np.float32(level)))  # eval noise
       figure += [noisy, probes.reconstruct(trained.model, trained.params, noisy)]
       labels += [f"{param}={level} in", f"{param}={level} out"]
     plots.image_rows(os.path.join(workdir, f"sweep_{kind}.png"), figure, labels,
                      f"{kind}: corrupted input and denoised output per level")
   metrics.write_json(os.path.join(workdir, "sweep.json"), {"rows": rows, "data": ds.source,
                                                            "step": trained.step})
-  lines = ["| corruption | level | input MSE | input PSNR (dB) | denoised MSE | denoised PSNR (dB) |",
-           "| --- | --- | --- | --- | --- | --- |"]
+  clean = rows[0]["recon_from_clean_mse"]  # the model fed clean images: the floor denoising aims at
+  lines = [f"Clean-input reconstruction MSE (baseline): {clean:.4f} ({float(losses.psnr(clean)):.2f} dB). "
+           "* marks the corruption and level the model was trained on.", "",
+           "| corruption | level | corrupted input MSE | denoised MSE | denoised PSNR (dB) | "
+           "denoised / baseline |", "| --- | --- | --- | --- | --- | --- |"]
   for r in rows:
-    level = r.get("sigma", r.get("nu"))
     name = "sigma" if "sigma" in r else "nu"
-    lines.append(f"| {r['kind']} | {name}={level} | {r['noisy_input_mse']:.4f} | "
-                 f"{r['noisy_input_psnr']:.2f} | {r['denoised_mse']:.4f} | {r['denoised_psnr']:.2f} |")
+    mark = " *" if r["trained_level"] else ""
+    lines.append(f"| {r['kind']} | {name}={r[name]}{mark} | {r['corruption_mse']:.4f} | "
+                 f"{r['recon_mse']:.4f} | {r['recon_psnr']:.2f} | {r['recon_mse'] / clean:.2f}x |")
   with open(os.path.join(workdir, "sweep.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   return rows
 
 
 def main(argv):
+  cli.exit_on_signal()
+  cli.quiet_logging()
   del argv
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
+    cli.fail("--workdir is required")
   run(_WORKDIR.value, _DATA_DIR.value, _NUM_IMAGES.value)
   with open(os.path.join(_WORKDIR.value, "sweep.md")) as f:
     print(f.read())
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,10 +7,11 @@ interpolation.png, training_curves.png.
 
 import os
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
 from ae_jax import data, metrics, plots, probes
+from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _MAX_TRAIN = flags.DEFINE_integer("max_train", 10_000, "Train examples used to fit the probes.")
@@ -66,13 +67,15 @@ def run(workdir: str, max_train: int, tsne_points: int, data_dir: str | None = N
 
 
 def main(argv):
+  cli.exit_on_signal()
+  cli.quiet_logging()
   del argv
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
+    cli.fail("--workdir is required")
   report = run(_WORKDIR.value, _MAX_TRAIN.value, _TSNE_POINTS.value, _DATA_DIR.value)
   for k, v in report.items():
     print(f"{k}: {v}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -71,11 +71,13 @@ def test_outputs_of_a_run(straight):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
   ev = _eval(workdir)
-  for k in ("test_mse", "test_psnr", "noisy_input_mse", "denoised_mse", "noisy_input_psnr",
-            "denoised_psnr", "clean_input_mse", "clean_input_psnr"):
+  assert sorted(ev) == ["corruption_mse", "corruption_psnr", "epoch", "loss", "num_examples",
+                        "recon_from_clean_mse", "recon_from_clean_psnr", "recon_mse", "recon_psnr", "step"]
+  for k in ("loss", "recon_mse", "recon_psnr", "corruption_mse", "corruption_psnr",
+            "recon_from_clean_mse", "recon_from_clean_psnr"):
     assert np.isfinite(ev[k]), k
   assert ev["epoch"] == 2 and ev["step"] == 16 and ev["num_examples"] == 96
-  assert ev["denoised_mse"] < ev["noisy_input_mse"]  # it learned to denoise at all
+  assert ev["recon_mse"] < ev["corruption_mse"]  # it learned to denoise at all
   run = json.loads((workdir / "run.json").read_text())
   assert run["param_counts"] == {"encoder": 69008, "decoder": 108993, "total": 178001}
   assert run["data"]["num_train"] == 256 and run["data"]["source"].startswith("idx:")
@@ -166,6 +168,6 @@ def test_train_and_evaluate_in_process_on_a_prepared_tfds_dataset(tmp_path, tfds
   cfg.noise.nu = 0.2
   result = ae_jax.train_and_evaluate(cfg, str(tmp_path))
   assert result["step"] == 4 and result["num_examples"] == 64
-  assert np.isfinite(result["test_loss"]) and result["noisy_input_mse"] > 0
+  assert np.isfinite(result["loss"]) and result["corruption_mse"] > 0
   run = json.loads((tmp_path / "run.json").read_text())
   assert run["data"]["source"] == f"tfds:tiny_digits@{tfds_dir}" and run["data"]["num_train"] == 64

@@ -127,14 +127,16 @@ def test_noise_sweep_script(trained_dir):
   assert [(r["kind"], r.get("sigma", r.get("nu"))) for r in rows][:4] == [
       ("gaussian", 0.25), ("gaussian", 0.5), ("gaussian", 0.75), ("gaussian", 1.0)]
   assert len(rows) == 12
-  gauss = [r["noisy_input_mse"] for r in rows if r["kind"] == "gaussian"]
+  gauss = [r["corruption_mse"] for r in rows if r["kind"] == "gaussian"]
   assert gauss == sorted(gauss)  # more noise, worse input
   with open(os.path.join(trained_dir, "eval.json")) as f:
     ev = json.load(f)
   # sigma=0.5 is the training corruption with the run's eval key: the run's own eval numbers.
-  np.testing.assert_allclose(rows[1]["noisy_input_mse"], ev["noisy_input_mse"], rtol=1e-6)
-  np.testing.assert_allclose(rows[1]["denoised_mse"], ev["denoised_mse"], rtol=1e-6)
+  assert [r["trained_level"] for r in rows] == [False, True] + [False] * 10
+  for k in ("corruption_mse", "recon_mse", "recon_from_clean_mse"):
+    np.testing.assert_allclose(rows[1][k], ev[k], rtol=1e-6)
   md = open(os.path.join(trained_dir, "sweep.md")).read()
-  assert md.count("\n") == 14 and "| masking | nu=0.7 |" in md
+  assert md.count("\n") == 16 and "| masking | nu=0.7 |" in md and "| gaussian | sigma=0.5 * |" in md
+  assert md.startswith(f"Clean-input reconstruction MSE (baseline): {ev['recon_from_clean_mse']:.4f}")
   for kind in ("gaussian", "masking", "salt_and_pepper"):
     assert os.path.getsize(os.path.join(trained_dir, f"sweep_{kind}.png")) > 1000

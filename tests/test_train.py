@@ -163,9 +163,10 @@ def test_evaluate_pads_the_last_batch():
   out = train.evaluate(eval_fn, state.params, images, jax.random.key(0), batch_size=4)
   ref = np.mean((1 / (1 + np.exp(-_np_logits(_np(state.params), images.astype(np.float64))))
                  - images) ** 2)
-  np.testing.assert_allclose(out["test_mse"], ref, rtol=1e-5)
+  np.testing.assert_allclose(out["recon_mse"], ref, rtol=1e-5)
+  np.testing.assert_allclose(out["loss"], ref, rtol=1e-5)  # the mse objective
   assert out["num_examples"] == 7
-  np.testing.assert_allclose(out["test_psnr"], 10 * np.log10(1 / ref), rtol=1e-5)
+  np.testing.assert_allclose(out["recon_psnr"], 10 * np.log10(1 / ref), rtol=1e-5)
 
 
 @pytest.mark.parametrize("n,batch,k", [(80, 8, 1), (80, 8, 3), (56, 8, 7), (40, 8, 8)])

@@ -1,0 +1,45 @@
+"""Metric sinks: atomic files, eval names old and new, the relative distance between pytrees."""
+
+import json
+import os
+
+import numpy as np
+
+from ae_jax import metrics
+
+
+def test_resume_rewrites_metrics_jsonl_whole(tmp_path):
+  w = metrics.Writer(str(tmp_path))
+  for step in (1, 2, 3):
+    w.write(step, "train", {"train_loss": float(step)})
+  w.close()
+  metrics.Writer(str(tmp_path), resume_step=2).close()  # step 3 is redone
+  assert [r["step"] for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2]
+  assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_old_eval_names_are_read_with_todays():
+  old = {"kind": "eval", "step": 8, "test_loss": 0.1, "test_mse": 0.1, "denoised_mse": 0.1,
+         "noisy_input_mse": 0.3, "clean_input_mse": 0.05, "test_psnr": 10.0}
+  assert metrics.upgrade_eval(old) == {"kind": "eval", "step": 8, "loss": 0.1, "recon_mse": 0.1,
+                                       "corruption_mse": 0.3, "recon_from_clean_mse": 0.05,
+                                       "recon_psnr": 10.0}
+
+
+def test_read_jsonl_upgrades_eval_records_only(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text(json.dumps({"kind": "train", "step": 1, "train_loss": 1.0}) + "\n"
+                  + json.dumps({"kind": "eval", "step": 2, "test_mse": 0.2}) + "\n")
+  assert metrics.read_jsonl(str(path)) == [{"kind": "train", "step": 1, "train_loss": 1.0},
+                                           {"kind": "eval", "step": 2, "recon_mse": 0.2}]
+
+
+def test_relative_distance_against_numpy():
+  rng = np.random.default_rng(0)
+  a = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+  b = {"w": a["w"] + 1e-3, "b": a["b"]}
+  expected = np.sqrt(12 * 1e-6) / np.sqrt(np.sum(b["w"] ** 2) + np.sum(b["b"] ** 2))
+  np.testing.assert_allclose(metrics.relative_distance(b, a),
+                             np.sqrt(12e-6 / (np.sum(a["w"] ** 2) + np.sum(a["b"] ** 2))), rtol=1e-9)
+  assert metrics.relative_distance(a, a) == 0.0
+  np.testing.assert_allclose(metrics.relative_distance(a, b), expected, rtol=1e-9)
