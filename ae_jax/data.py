@@ -167,7 +167,8 @@ def load_npz(path: str) -> tuple[np.ndarray, ...]:
   if unknown or missing:
     raise DataError(f"data.dir={path!r}: holds {sorted(arrays)}; expected train_images and "
                     "test_images, optionally train_labels and test_labels"
-                    + (f" (unknown: {unknown})" if unknown else "") + (f" (missing: {missing})" if missing else ""))
+                    + (f" (unknown: {unknown})" if unknown else "")
+                    + (f" (missing: {missing})" if missing else ""))
   out = []
   for split in ("train", "test"):
     images = arrays[f"{split}_images"]

@@ -24,15 +24,32 @@ class Trained:
   step: int
 
 
+def _find(tree, key: str):
+  """The first value stored under `key` in nested dicts and lists (a saved optimizer state), or None."""
+  if isinstance(tree, dict):
+    if key in tree:
+      return tree[key]
+    tree = list(tree.values())
+  for node in tree if isinstance(tree, list | tuple) else ():
+    found = _find(node, key)
+    if found is not None:
+      return found
+  return None
+
+
 def load(workdir: str) -> Trained:
-  """Restores model + params of the latest checkpoint in a workdir written by experiments.train."""
+  """Restores model + params of the latest checkpoint in a workdir written by experiments.train.
+
+  The params are those the run evaluates: their EMA when it kept one (ema_decay).
+  """
   step, state, meta = checkpoint.read_latest(workdir)
   config = config_lib.get_default()  # fields newer than the run keep their defaults
   config.update(meta["config"])
   with open(os.path.join(workdir, "run.json")) as f:
     image_shape = tuple(json.load(f)["data"]["image_shape"])
   model = models.from_config(config.model, image_shape)
-  params = jax.tree.map(jnp.asarray, state["params"])
+  saved = _find(state["opt_state"], "ema") if config.ema_decay is not None else None
+  params = jax.tree.map(jnp.asarray, state["params"] if saved is None else saved)
   return Trained(model, params, config, step)
 
 

@@ -11,7 +11,9 @@ from conftest import REPO
 
 # A value of the wrong kind for each kind of check.
 WRONG = {"seed": -1, "objective": "gan", "loss": "l1", "batch_size": 0, "num_epochs": 1.5,
-         "optimizer": "lamb", "learning_rate": -1.0, "parallel": "ddp", "num_devices": -2,
+         "optimizer": "lamb", "learning_rate": -1.0, "lr_schedule": "step", "warmup_steps": -1,
+         "weight_decay": -0.1, "grad_clip_norm": 0.0, "ema_decay": 1.0, "model.pad": "yes",
+         "parallel": "ddp", "num_devices": -2,
          "steps_per_call": 0, "data_on_device": "yes", "eval_batch_size": None,
          "log_every_steps": 0, "checkpoint_every_steps": -1, "keep_checkpoints": 0,
          "num_images": 0, "model.filters": (), "model.kernel_size": 0, "model.latent_dim": 2.0,

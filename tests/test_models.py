@@ -65,7 +65,8 @@ class ShapesTest(chex.TestCase):
 
 
 def test_image_shape_must_divide_by_levels():
-  with pytest.raises(ValueError, match=r"divisible by 2\*\*levels=8"):
+  with pytest.raises(ValueError, match=r"divisible by 2\*\*levels=8 for 3 stride-2 levels; set "
+                                       r"model.pad=True to pad the input to \(32, 32, 1\)"):
     models.check_image_shape((28, 28, 1), 3)
   with pytest.raises(ValueError, match="divisible"):
     models.init_params(models.Autoencoder(image_shape=(30, 28, 1)), jax.random.key(0))
@@ -74,3 +75,19 @@ def test_image_shape_must_divide_by_levels():
 def test_unknown_output_is_refused():
   with pytest.raises(ValueError, match="output='softmax'"):
     models.init_params(models.Autoencoder(output="softmax"), jax.random.key(0))
+
+
+def test_pad_runs_sizes_the_levels_do_not_divide():
+  model = models.Autoencoder(image_shape=(28, 27, 1), filters=(4, 8, 8), latent_dim=3, pad=True)
+  params = models.init_params(model, jax.random.key(0))
+  x = jax.random.uniform(jax.random.key(1), (2, 28, 27, 1))
+  chex.assert_shape(model.apply({"params": params}, x), (2, 28, 27, 1))
+  # The same as padding by hand (rows 2 + 2, columns 2 + 3) and cropping the decoder's 32x32 output.
+  x_pad = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 3), (0, 0)))
+  z = model.apply({"params": params}, x, method="encode")
+  inner = models.Autoencoder(image_shape=(32, 32, 1), filters=(4, 8, 8), latent_dim=3)
+  np.testing.assert_allclose(z, inner.apply({"params": params}, x_pad, method="encode"), rtol=1e-6)
+  full = inner.apply({"params": params}, x_pad, method="logits")
+  np.testing.assert_allclose(model.apply({"params": params}, x, method="logits"),
+                             full[:, 2:30, 2:29], rtol=1e-6)
+  assert params["decoder"]["project"]["kernel"].shape == (3, 4 * 4 * 8)

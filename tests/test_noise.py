@@ -94,3 +94,13 @@ def test_unknown_kind_is_refused():
   with pytest.raises(ValueError, match="noise.kind='speckle'"):
     noise.corruption_fn(cfg)
   assert noise.corruption_fn(ml_collections.ConfigDict(dict(kind="none"))) is None
+
+
+@pytest.mark.parametrize("fn", [noise.masking, noise.salt_and_pepper])
+def test_a_traced_level_draws_what_a_fixed_one_does(fn):
+  # noise_sweep compiles once per kind with nu as an argument; the pixels hit must not change.
+  x = jax.random.uniform(jax.random.key(0), (28, 28, 1))
+  traced = jax.jit(lambda key, x, nu: fn(key, x, nu=nu))
+  for nu in (0.1, 0.3, 0.7):
+    np.testing.assert_array_equal(traced(jax.random.key(4), x, np.float32(nu)),
+                                  fn(jax.random.key(4), x, nu=nu))

@@ -5,12 +5,13 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 import ae_jax
-from ae_jax import data, models, probes
+from ae_jax import checkpoint, data, metrics, models, probes
 from conftest import REPO
 
 
@@ -58,13 +59,28 @@ def test_interpolation_ends_at_the_reconstructions(trained):
   ds = data.load(trained.config.data)
   a, b = ds.test_x[0], ds.test_x[1]
   recon = probes.reconstruct(trained.model, trained.params, np.stack([a, b]))
-  for method in ("linear", "slerp"):
+  for method in ("linear", "spherical", "slerp"):
     path = probes.interpolate(trained.model, trained.params, a, b, steps=7, method=method)
     assert path.shape == (7, 28, 28, 1)
     np.testing.assert_allclose(path[0], recon[0], atol=1e-5)
     np.testing.assert_allclose(path[-1], recon[1], atol=1e-5)
-  with pytest.raises(ValueError, match="method='cubic'"):
+  with pytest.raises(ValueError, match="method='cubic': expected 'linear' or 'spherical'"):
     probes.interpolate(trained.model, trained.params, a, b, method="cubic")
+  np.testing.assert_array_equal(  # 'slerp' is the same path as 'spherical'
+      probes.interpolate(trained.model, trained.params, a, b, 5, "spherical"),
+      probes.interpolate(trained.model, trained.params, a, b, 5, "slerp"))
+
+
+def test_probing_api_says_what_shapes_it_expects(trained):
+  x = np.zeros((28, 28, 1), np.float32)
+  with pytest.raises(ValueError, match=r"^images_NHWC: shape \(28, 28, 1\), expected \[N, 28, 28, 1\] "
+                                       r"\(one example: x\[None\]\)$"):
+    probes.embed(trained.model, trained.params, x)
+  with pytest.raises(ValueError, match=r"^images_NHWC: shape \(2, 32, 32, 1\), expected \[N, 28, 28, 1\]$"):
+    probes.reconstruct(trained.model, trained.params, np.zeros((2, 32, 32, 1)))
+  with pytest.raises(ValueError, match=r"^z_ND: shape \(3, 5\), expected \[N, 2\]$"):
+    probes.decode(trained.model, trained.params, np.zeros((3, 5)))
+  assert probes.embed(trained.model, trained.params, x[None]).shape == (1, 2)
 
 
 def test_slerp_keeps_unit_vectors_on_the_sphere():
@@ -140,3 +156,14 @@ def test_noise_sweep_script(trained_dir):
   assert md.startswith(f"Clean-input reconstruction MSE (baseline): {ev['recon_from_clean_mse']:.4f}")
   for kind in ("gaussian", "masking", "salt_and_pepper"):
     assert os.path.getsize(os.path.join(trained_dir, f"sweep_{kind}.png")) > 1000
+
+
+def test_load_gives_the_ema_params_the_run_evaluated(tmp_path):
+  cfg = ae_jax.default_config()
+  cfg.data.source, cfg.data.train_size, cfg.data.test_size = "embedded", 64, 32
+  cfg.optimizer, cfg.learning_rate, cfg.ema_decay = "sgd", 0.5, 0.5
+  ae_jax.train_and_evaluate(cfg, str(tmp_path))
+  loaded = probes.load(str(tmp_path))
+  raw = checkpoint.read_latest(str(tmp_path))[1]
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, loaded.params), probes._find(raw["opt_state"], "ema"))
+  assert metrics.relative_distance(loaded.params, raw["params"]) > 1e-4  # not the raw params

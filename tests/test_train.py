@@ -202,3 +202,44 @@ def test_log_window_means_and_restart():
   means, steps_per_s = restored.flush()
   assert means == {"train_loss": 3.0, "train_mse": 1.0} and steps_per_s > 0
   assert restored.to_meta() == {"steps": 0, "sums": {}}
+
+
+def _cfg(**kw):
+  c = config_lib.get_default()
+  c.update(kw)
+  return c
+
+
+def test_warmup_cosine_schedule_and_its_check():
+  lr = train.learning_rate(_cfg(lr_schedule="warmup_cosine", warmup_steps=4, learning_rate=0.1), 20)
+  np.testing.assert_allclose([lr(0), lr(2), lr(4), lr(12), lr(20)],
+                             [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-7)
+  assert train.learning_rate(_cfg(), None) == 1e-3
+  with pytest.raises(ValueError, match=r"^weight_decay=0.1: only optimizer='adamw' decays weights"):
+    config_lib.validate(_cfg(weight_decay=0.1))
+
+
+def test_gradient_clipping_and_adamw_weight_decay_by_hand():
+  _, _, state, x = _setup()
+  grads = {"w": np.array([3.0, 4.0], np.float32)}  # global norm 5
+  tx = train.make_optimizer(_cfg(optimizer="sgd", learning_rate=0.5, grad_clip_norm=1.0))
+  updates, _ = tx.update(grads, tx.init(grads), grads)
+  np.testing.assert_allclose(updates["w"], -0.5 * np.array([0.6, 0.8]), rtol=1e-6)
+  p = {"w": np.array([2.0], np.float32)}
+  tx = train.make_optimizer(_cfg(optimizer="adamw", learning_rate=0.1, weight_decay=0.5))
+  updates, _ = tx.update({"w": np.array([0.0], np.float32)}, tx.init(p), p)  # zero gradient: decay only
+  np.testing.assert_allclose(updates["w"], [-0.1 * 0.5 * 2.0], rtol=1e-6)
+
+
+def test_ema_of_the_params_is_kept_and_evaluated():
+  _, _, state, x = _setup()
+  cfg = _cfg(optimizer="sgd", learning_rate=0.1, ema_decay=0.5)
+  state = train.create_train_state(models.Autoencoder(**MODEL), cfg, jax.random.key(0))
+  ema = _np(state.params)
+  step = jax.jit(functools.partial(train.train_step, objective=_objective(state)))
+  for _ in range(3):
+    state, _ = step(state, {"image": x}, jax.random.key(2))
+    ema = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, ema, _np(state.params))  # by hand
+  chex.assert_trees_all_close(_np(train.eval_params(state)), ema, rtol=1e-5, atol=1e-7)
+  plain = _setup()[2]
+  assert train.eval_params(plain) is plain.params  # without ema_decay: the params themselves

@@ -41,7 +41,7 @@ BAD_CONFIGS = [
     (dict(model__output="softmax"), "model.output='softmax': expected one of"),
     (dict(model__latent_dim=0), "model.latent_dim=0: expected a positive integer"),
     (dict(model__filters=(32, 0)), "model.filters=(32, 0): expected a non-empty tuple of positive"),
-    (dict(data__source="hub"), "data.source='hub': expected one of ('tfds', 'idx', 'embedded')"),
+    (dict(data__source="hub"), "data.source='hub': expected one of ('tfds', 'idx', 'npz', 'embedded')"),
     (dict(data__source="idx"), "data.dir=None: data.source='idx' needs"),
     (dict(data__train_size=0), "data.train_size=0: expected None or a positive integer"),
     (dict(num_devices=0), "num_devices=0: expected None or a positive integer"),
@@ -172,4 +172,5 @@ def test_incompatible_workdir_is_refused_unless_overridden(tmp_path):
     train.train_and_evaluate(cfg(num_epochs=4, model=dict(latent_dim=8)), str(workdir),
                              allow_config_change=True)
   assert str(e.value).startswith(f"workdir='{workdir}' holds a model of another shape "
-                                 "(model.latent_dim: 16 -> 8): its parameters cannot be loaded")
+                                 "(model.latent_dim: 16 -> 8): its parameters or optimizer state "
+                                 "cannot be loaded")

@@ -1,0 +1,55 @@
+"""The command line as a user meets it: --help, near-miss flags, and a signal at any moment."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+CONFIG = os.path.join(REPO, "experiments", "configs", "quickstart.py")
+
+
+def _cli(*args, timeout=120):
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_config_field_and_exits_0():
+  proc = _cli("--config", CONFIG, "--help")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "--workdir" in proc.stdout and "--num_processes" in proc.stdout
+  from ae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  for f in config_lib.FIELDS:
+    assert f"--config.{f.name}: " in proc.stdout, f.name
+  assert "default 16; expected a positive integer; rerun: never" in proc.stdout  # model.latent_dim
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--num_epochs=2"], "error: --num_epochs: unknown flag (did you mean --config.num_epochs?)"),
+    (["--workdirr=x"], "error: --workdirr: unknown flag (did you mean --workdir?); see --help"),
+])
+def test_near_miss_flags_get_a_suggestion(args, expected):
+  proc = _cli("--config", CONFIG, *args)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [expected]
+
+
+@pytest.mark.parametrize("delay_s", [2.0, 6.0])
+def test_ctrl_c_at_any_moment_is_one_line_and_130(tmp_path, delay_s):
+  # At 2 s the process is importing / initialising JAX; at 6 s loading data, compiling or
+  # training. Either way: exit 130, one line, no traceback, no crash (it was 139 once).
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.train", "--config", CONFIG,
+                           "--workdir", str(workdir)], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  time.sleep(delay_s)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err and "Segmentation fault" not in err and "Fatal Python" not in err
+  errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith("error: stopped by SIGINT"), err[-2000:]
