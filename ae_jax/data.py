@@ -398,6 +398,9 @@ def _to_float(images: np.ndarray, where: str) -> np.ndarray:
 
 def load(cfg: ml_collections.ConfigDict) -> Dataset:
   """Loads `config.data` exactly as named; never falls back to another source."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())  # a copy, with ~ in data.dir expanded
+  if cfg.dir:
+    cfg.dir = os.path.expanduser(cfg.dir)
   if cfg.source == "idx":
     if not cfg.dir:
       raise DataError("data.source='idx' needs data.dir: a folder holding the four MNIST-format IDX files")
