@@ -137,6 +137,17 @@ def exit_on_signal() -> None:
     signal.signal(s, _exit_now)
 
 
+def start_tool(argv, workdir: str | None) -> str:
+  """For the tools that read a trained workdir: signals, logging, and the workdir they need."""
+  exit_on_signal()
+  quiet_logging()
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not workdir:
+    fail("--workdir is required")
+  return workdir
+
+
 def _env_int(name: str) -> int | None:
   return int(os.environ[name]) if name in os.environ else None
 

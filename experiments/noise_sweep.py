@@ -89,13 +89,9 @@ def run(workdir: str, data_dir: str | None = None, num_images: int = 8) -> list[
 
 
 def main(argv):
-  cli.exit_on_signal()
-  cli.quiet_logging()
-  del argv
-  if not _WORKDIR.value:
-    cli.fail("--workdir is required")
-  run(_WORKDIR.value, _DATA_DIR.value, _NUM_IMAGES.value)
-  with open(os.path.join(_WORKDIR.value, "sweep.md")) as f:
+  workdir = cli.start_tool(argv, _WORKDIR.value)
+  run(workdir, _DATA_DIR.value, _NUM_IMAGES.value)
+  with open(os.path.join(workdir, "sweep.md")) as f:
     print(f.read())
 
 

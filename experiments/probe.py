@@ -67,12 +67,8 @@ def run(workdir: str, max_train: int, tsne_points: int, data_dir: str | None = N
 
 
 def main(argv):
-  cli.exit_on_signal()
-  cli.quiet_logging()
-  del argv
-  if not _WORKDIR.value:
-    cli.fail("--workdir is required")
-  report = run(_WORKDIR.value, _MAX_TRAIN.value, _TSNE_POINTS.value, _DATA_DIR.value)
+  workdir = cli.start_tool(argv, _WORKDIR.value)
+  report = run(workdir, _MAX_TRAIN.value, _TSNE_POINTS.value, _DATA_DIR.value)
   for k, v in report.items():
     print(f"{k}: {v}")
 

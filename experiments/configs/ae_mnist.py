@@ -1,21 +1,14 @@
-r"""The reference convolutional AE on MNIST: latent 16, batch 32, 1 epoch, Adam 1e-3, MSE.
+r"""The reference convolutional AE on MNIST: the defaults (latent 16, batch 32, 1 epoch, Adam 1e-3, MSE).
 
 Online (TFDS):
   python -m experiments.train --config experiments/configs/ae_mnist.py --workdir runs/ae_mnist
-Offline (IDX files):
+Offline (the four MNIST IDX files in a folder of yours):
   python -m experiments.train --config experiments/configs/ae_mnist.py --workdir runs/ae_mnist \
-    --config.data.source=idx --config.data.dir=../shared/data/mnist
+    --config.data.source=idx --config.data.dir=~/data/mnist
 """
 
 from ae_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.get_default()
-  c.data.source = "tfds"
-  c.data.name = "mnist"
-  c.batch_size = 32
-  c.num_epochs = 1
-  c.learning_rate = 1e-3
-  c.loss = "mse"
-  return c
+  return config_lib.get_default()  # ae_jax/config.py declares the reference as the defaults
