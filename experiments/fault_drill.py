@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from ae_jax import checkpoint, metrics
+from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the reference and drill runs go.")
 _KILLS = flags.DEFINE_integer("kills", 10, "Kills to land before letting the run finish.")
@@ -145,6 +146,7 @@ def run_drill(workdir: str, kills: int, seed: int = 0, sig: str = "KILL",
 
 
 def main(argv):
+  cli.quiet_logging()  # the checkpoints read here would log every Orbax step at INFO
   del argv
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")

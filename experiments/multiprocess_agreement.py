@@ -19,6 +19,7 @@ from absl import app
 import orbax.checkpoint as ocp
 
 from ae_jax import metrics
+from experiments import cli
 
 distance = metrics.relative_distance
 
@@ -102,6 +103,7 @@ def params(workdir, step):
 
 
 def main(argv):
+  cli.quiet_logging()  # the checkpoints read here would log every Orbax step at INFO
   # A positional folder, not a flag: the tests import this module beside others that define --workdir.
   if len(argv) != 2:
     raise app.UsageError("usage: python -m experiments.multiprocess_agreement FOLDER (a new folder)")
