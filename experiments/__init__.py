@@ -2,6 +2,8 @@
 
 import ctypes
 import os
+import signal
+import sys
 
 _FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # glibc's mallopt parameters (malloc.h).
@@ -41,3 +43,29 @@ def use_fast_cpu_settings(keep_memory: bool = True) -> bool:
   if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=".strip()
   return keep_memory and keep_freed_memory()
+
+
+def _exit_now(signum, frame):
+  """Outside the train loop (which checkpoints first), a signal ends the process at once, in one line.
+
+  os._exit rather than an exception: a KeyboardInterrupt raised while JAX
+  initialises or compiles has crashed the interpreter (exit 139), and one raised
+  during the imports was swallowed by a library (the run went on). Files in the
+  workdir are only ever replaced whole, so none is left half-written.
+  """
+  sys.stderr.write(f"error: stopped by {signal.Signals(signum).name} before or after the training "
+                   "loop; nothing half-written, rerun the same command to continue\n")
+  sys.stderr.flush()
+  os._exit(128 + signum)
+
+
+def exit_on_signal() -> None:
+  """SIGINT/SIGTERM -> _exit_now (the train loop installs its own checkpointing handler while it runs)."""
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, _exit_now)
+
+
+# `python -m experiments.NAME` imports this package first, while sys.argv[0] is still '-m': arm
+# the one-line exit before the entry point's heavy imports. Importing the package (tests) arms nothing.
+if sys.argv[:1] == ["-m"]:
+  exit_on_signal()

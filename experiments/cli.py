@@ -2,7 +2,6 @@
 
 import logging as py_logging
 import os
-import signal
 import sys
 
 from absl import app, flags, logging
@@ -119,22 +118,7 @@ def quiet_logging() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
-def _exit_now(signum, frame):
-  """Outside the train loop (which checkpoints first), a signal ends the process at once, in one line.
-
-  os._exit rather than an exception: a KeyboardInterrupt raised while JAX
-  initialises or compiles has crashed the interpreter (exit 139). Files in the
-  workdir are only ever replaced whole, so none is left half-written.
-  """
-  sys.stderr.write(f"error: stopped by {signal.Signals(signum).name} before or after the training "
-                   "loop; nothing half-written, rerun the same command to continue\n")
-  sys.stderr.flush()
-  os._exit(128 + signum)
-
-
-def exit_on_signal() -> None:
-  for s in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(s, _exit_now)
+exit_on_signal = experiments.exit_on_signal
 
 
 def start_tool(argv, workdir: str | None) -> str:
@@ -175,7 +159,6 @@ def define_process_flags() -> None:
 
 def start_process() -> None:
   """Before JAX's first op: CPU settings, INFO logging without library chatter, jax.distributed."""
-  exit_on_signal()
   f = flags.FLAGS
   experiments.use_fast_cpu_settings(f.keep_freed_memory)
   quiet_logging()
@@ -188,3 +171,4 @@ def start_process() -> None:
            "JAX_PROCESS_ID and JAX_COORDINATOR_ADDRESS)")
     parallel.initialize_distributed(f.coordinator_address, n, pid, timeout_s=f.distributed_timeout_s,
                                     peer_timeout_s=f.peer_timeout_s)
+  exit_on_signal()  # again: jax.distributed's preemption notifier takes SIGTERM for itself
