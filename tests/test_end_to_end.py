@@ -86,6 +86,10 @@ def test_outputs_of_a_run(straight):
   assert kinds.count("eval") == 2 and kinds.count("train") >= 4
   # Progress lines: step, loss, throughput, ETA.
   assert "img/s | ETA" in proc.stderr and "step 16/16" in proc.stderr
+  # The compiled train step went to the persistent compilation cache (conftest: this session's
+  # $AE_JAX_CACHE), where later runs load it; the bit-identical resume tests run on that.
+  assert [f for f in os.listdir(os.path.join(os.environ["AE_JAX_CACHE"], "jax"))
+          if f.startswith("jit_multi_step-")]
 
 
 def test_stop_after_one_epoch_and_rerun_is_bit_identical(straight, tmp_path, small_idx_dir):
