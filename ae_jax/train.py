@@ -422,8 +422,8 @@ def _log_progress(writer, window: LogWindow, step: int, schedule: Schedule) -> N
     writer.write(step, "train", {**means, "images_per_sec": rate, "epoch": epoch})
   eta = (schedule.total_steps - step) / steps_per_s
   report("step %d/%d (epoch %.2f) loss %.5f mse %.5f | %.0f img/s | ETA %s", step,
-               schedule.total_steps, epoch, means["train_loss"], means["train_mse"], rate,
-               time.strftime("%H:%M:%S", time.gmtime(eta)))
+         schedule.total_steps, epoch, means["train_loss"], means["train_mse"], rate,
+         time.strftime("%H:%M:%S", time.gmtime(eta)))
 
 
 def _record_eval(workdir: str, writer, result: dict, model, params, ds, corrupt, eval_key,
@@ -433,8 +433,7 @@ def _record_eval(workdir: str, writer, result: dict, model, params, ds, corrupt,
   metrics.write_json(os.path.join(workdir, "eval.json"), result)
   _save_pictures(workdir, model, params, ds, corrupt, eval_key, num_images)
   report("eval at step %d (epoch %d): %s", result["step"], result["epoch"],
-               ", ".join(f"{k} {v:.5f}" for k, v in result.items()
-                         if k.endswith(("mse", "psnr", "loss"))))
+         ", ".join(f"{k} {v:.5f}" for k, v in result.items() if k.endswith(("mse", "psnr", "loss"))))
 
 
 def _save_pictures(workdir: str, model, params, ds: data.Dataset, corrupt, eval_key, n: int):
@@ -490,7 +489,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_step = int(state.step)
   if start_step >= schedule.total_steps:  # a finished run: report it, write nothing
     report("nothing to do: checkpoint at step %d >= %d steps for %d epochs", start_step,
-                 schedule.total_steps, config.num_epochs)
+           schedule.total_steps, config.num_epochs)
     with open(os.path.join(workdir, "eval.json")) as f:
       return metrics.upgrade_eval(json.load(f))
 
@@ -503,9 +502,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     record = _run_record(workdir, config, ds, devices, state, schedule, start_step)
     metrics.write_json(os.path.join(workdir, "run.json"), record)
     report("data %s: %d train / %d test, image shape %s; %s params; %s on %d device(s) of "
-                 "%d process(es), conv_impl %s", ds.source, len(ds.train_x), len(ds.test_x),
-                 ds.image_shape, f"{record['param_counts']['total']:,}", config.parallel,
-                 len(devices), jax.process_count(), record["conv_impl"])
+           "%d process(es), conv_impl %s", ds.source, len(ds.train_x), len(ds.test_x),
+           ds.image_shape, f"{record['param_counts']['total']:,}", config.parallel,
+           len(devices), jax.process_count(), record["conv_impl"])
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   writer = metrics.Writer(workdir, start_step) if chief else None
   objective = objectives.from_config(config, model.apply)
