@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from ae_jax import checkpoint, data, models, noise
 from ae_jax import config as config_lib
@@ -24,19 +25,6 @@ class Trained:
   step: int
 
 
-def _find(tree, key: str):
-  """The first value stored under `key` in nested dicts and lists (a saved optimizer state), or None."""
-  if isinstance(tree, dict):
-    if key in tree:
-      return tree[key]
-    tree = list(tree.values())
-  for node in tree if isinstance(tree, list | tuple) else ():
-    found = _find(node, key)
-    if found is not None:
-      return found
-  return None
-
-
 def load(workdir: str) -> Trained:
   """Restores model + params of the latest checkpoint in a workdir written by experiments.train.
 
@@ -48,7 +36,7 @@ def load(workdir: str) -> Trained:
   with open(os.path.join(workdir, "run.json")) as f:
     image_shape = tuple(json.load(f)["data"]["image_shape"])
   model = models.from_config(config.model, image_shape)
-  saved = _find(state["opt_state"], "ema") if config.ema_decay is not None else None
+  saved = optax.tree_utils.tree_get(state["opt_state"], "ema", None) if config.ema_decay is not None else None
   params = jax.tree.map(jnp.asarray, state["params"] if saved is None else saved)
   return Trained(model, params, config, step)
 

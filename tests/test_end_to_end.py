@@ -6,13 +6,13 @@ import shutil
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from ae_jax import metrics
 from conftest import REPO
+from experiments import fault_drill
 
 
 def _train(workdir, idx_dir, *overrides, devices=1, check=True):
@@ -49,13 +49,8 @@ def _eval(workdir):
 
 
 def _assert_same_run(a, b):
-  step_a, pa = _params(a)
-  step_b, pb = _params(b)
-  assert step_a == step_b
-  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
-    np.testing.assert_array_equal(x, y)  # bit-identical
-  assert _eval(a) == _eval(b)
-  assert _records(a) == _records(b)
+  same = fault_drill.compare(str(a), str(b))  # params bit for bit, eval.json, metrics.jsonl
+  assert same["params_bit_identical"] and same["eval_json_identical"] and same["metrics_identical"], same
 
 
 @pytest.fixture(scope="module")
