@@ -17,6 +17,7 @@ from ae_jax import data, layers, losses, models, noise, objectives
 PARALLEL = ("jit", "pmap", "mesh")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "warmup_cosine")
+BINARIZE = ("none", "dynamic")
 
 # What a rerun in the same workdir may do with a field:
 FREE = "free"  # change it: bookkeeping, placement, or num_epochs (which extends a run)
@@ -49,6 +50,7 @@ NON_NEGATIVE_NUMBER = Check(lambda v: _is_number(v) and v >= 0, "a number >= 0")
 FRACTION = Check(lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]")
 LEVELS = Check(lambda v: isinstance(v, tuple | list) and len(v) > 0 and all(POSITIVE.ok(f) for f in v),
                "a non-empty tuple of positive integers")
+OPEN_FRACTION = Check(lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
 TEXT = Check(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 
 
@@ -87,8 +89,7 @@ FIELDS = (
           "adamw's decoupled weight decay (None: optax's 1e-4); other optimizers take none", float),
     Field("grad_clip_norm", None, optional(POSITIVE_NUMBER), NEVER,
           "clip gradients to this global L2 norm (optax.clip_by_global_norm); None: no clipping", float),
-    Field("ema_decay", None, optional(Check(lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")),
-          NEVER, "keep an EMA of the params (in the optimizer state) and evaluate it; None: off", float),
+    Field("ema_decay", None, optional(OPEN_FRACTION), NEVER, "keep an EMA of the params (in the optimizer state) and evaluate it; None: off", float),
     Field("parallel", "jit", one_of(*PARALLEL), FREE,
           "`jit`: 1 device; `pmap` or `mesh`: data parallel over num_devices"),
     Field("num_devices", None, optional(POSITIVE), FREE, "None: all local devices", int),
@@ -105,6 +106,7 @@ FIELDS = (
     Field("model.filters", (32, 64), LEVELS, NEVER, "channels of the stride-2 conv levels"),
     Field("model.kernel_size", 3, POSITIVE, NEVER, "conv kernel size"),
     Field("model.latent_dim", 16, POSITIVE, NEVER, "size of the dense latent z_BD"),
+    Field("model.num_codes", 512, POSITIVE, NEVER, "vqvae: codebook size K (codes of size latent_dim)"),
     Field("model.pad", False, BOOL, NEVER,
           "zero-pad images that 2**levels does not divide to the next multiple, crop the output back"),
     Field("model.output", "probabilities", one_of(*models.OUTPUTS), ALLOW,
@@ -113,6 +115,22 @@ FIELDS = (
           "same params and numerics, different speed; `auto`: per backend (layers.resolve)"),
     Field("model.dtype", "float32", one_of(*models.DTYPES), ALLOW,
           "compute dtype; params and optimizer state stay float32"),
+    Field("vae.likelihood", "bernoulli", one_of(*objectives.LIKELIHOODS), ALLOW,
+          "vae, iwae: p(x|z) from the decoder's logits; `gaussian`: mean sigmoid(logits)"),
+    Field("vae.scale", None, optional(POSITIVE_NUMBER), NEVER,
+          "vae, iwae with a gaussian likelihood: the pixels' std; None: learned (one param)", float),
+    Field("vae.beta", 1.0, NON_NEGATIVE_NUMBER, ALLOW, "vae: weight of the KL term (beta-VAE for > 1)"),
+    Field("vae.kl_warmup_steps", 0, NON_NEGATIVE, ALLOW, "vae: the KL weight ramps from 0 over these steps"),
+    Field("vae.num_samples", 5, POSITIVE, ALLOW, "iwae: importance samples k per example"),
+    Field("sparse.penalty", "l1", one_of(*objectives.SPARSE_PENALTIES), ALLOW,
+          "sparse: `l1` of z, or `kl` of sigmoid(z) to the rate sparse.target"),
+    Field("sparse.weight", 1e-4, NON_NEGATIVE_NUMBER, ALLOW, "sparse: weight of the penalty"),
+    Field("sparse.target", 0.05, OPEN_FRACTION, ALLOW, "sparse, penalty `kl`: the target rate"),
+    Field("contractive.weight", 1e-4, NON_NEGATIVE_NUMBER, ALLOW,
+          "contractive: weight of ||dz/dx||_F^2"),
+    Field("vq.commitment", 0.25, NON_NEGATIVE_NUMBER, ALLOW, "vqvae: commitment cost"),
+    Field("vq.ema_decay", None, optional(OPEN_FRACTION), NEVER,
+          "vqvae: EMA codebook updates with this decay; None: codes learned by gradient", float),
     Field("noise.kind", "none", one_of(*noise.KINDS), ALLOW, "input corruption (denoising)"),
     Field("noise.mean", 0.5, NUMBER, ALLOW, "gaussian: mean of the added noise"),
     Field("noise.std", 0.5, NON_NEGATIVE_NUMBER, ALLOW, "gaussian: std of the added noise"),
@@ -125,9 +143,22 @@ FIELDS = (
     Field("data.dir", None, optional(TEXT), FREE, "tfds: TFDS data_dir (None: TFDS default); "
           "idx: the folder of the four IDX files; npz: the .npz file or folder of .npy files", str),
     Field("data.download", True, BOOL, FREE, "tfds: download and prepare when not prepared"),
+    Field("data.binarize", "none", one_of(*BINARIZE), ALLOW,
+          "`dynamic`: train on Bernoulli(x) drawn anew each step; evaluate one fixed draw of the test set"),
     Field("data.train_size", None, optional(POSITIVE), ALLOW, "first N training examples; None: all",
           int),
     Field("data.test_size", None, optional(POSITIVE), ALLOW, "first N test examples; None: all", int),
+)
+FIELDS += (
+    Field("eval.final", False, BOOL, FREE,
+          "at the last step also: SSIM, active units, IS-NLL, codebook use, Frechet distance of samples, "
+          "probe accuracies (ae_jax/evaluation.py)"),
+    Field("eval.nll_samples", 200, POSITIVE, FREE, "final eval: importance samples of the NLL estimate"),
+    Field("eval.nll_examples", None, optional(POSITIVE), FREE,
+          "final eval: test examples of the NLL estimate; None: all", int),
+    Field("eval.num_samples", 10000, POSITIVE, FREE, "final eval: generated images for the Frechet distance"),
+    Field("eval.gmm_components", 10, POSITIVE, FREE,
+          "final eval: mixture fitted to deterministic models' training latents, to sample from"),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 
@@ -190,6 +221,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.weight_decay is not None and c.optimizer != "adamw":
     raise ValueError(f"weight_decay={c.weight_decay!r}: only optimizer='adamw' decays weights "
                      f"(optimizer={c.optimizer!r}); use adamw or leave weight_decay None")
+  if c.vae.scale is not None and c.vae.likelihood != "gaussian":
+    raise ValueError(f"vae.scale={c.vae.scale!r}: only vae.likelihood='gaussian' has a scale "
+                     f"(vae.likelihood={c.vae.likelihood!r}); leave it None")
   if c.data.source == "idx" and not c.data.dir:
     raise ValueError("data.dir=None: data.source='idx' needs the folder holding the four IDX files")
   if c.data.source == "npz" and not c.data.dir:

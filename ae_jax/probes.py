@@ -35,7 +35,7 @@ def load(workdir: str) -> Trained:
   config.update(meta["config"])
   with open(os.path.join(workdir, "run.json")) as f:
     image_shape = tuple(json.load(f)["data"]["image_shape"])
-  model = models.from_config(config.model, image_shape)
+  model = models.from_config(config, image_shape)
   saved = optax.tree_utils.tree_get(state["opt_state"], "ema", None) if config.ema_decay is not None else None
   params = jax.tree.map(jnp.asarray, state["params"] if saved is None else saved)
   return Trained(model, params, config, step)
@@ -77,8 +77,8 @@ def reconstruct(model, params, images_NHWC, batch_size: int = 1000) -> np.ndarra
 
 
 def decode(model, params, z_ND, batch_size: int = 1000) -> np.ndarray:
-  """Latents [N, latent_dim] -> images in [0, 1]."""
-  z = _check_batch("z_ND", z_ND, (model.latent_dim,))
+  """Latents [N, *model.latent_shape()] -> images in [0, 1] (a grid is quantised first)."""
+  z = _check_batch("z_ND", z_ND, model.latent_shape())
   out = _batched(model, "decode", params, z, batch_size)
   return out if model.output == "probabilities" else np.asarray(jax.nn.sigmoid(out))
 
@@ -117,14 +117,55 @@ def interpolate(model, params, image_a, image_b, steps: int = 10, method: str = 
   method: 'linear' or 'spherical' (slerp, for latents whose norm carries little meaning).
   """
   z = embed(model, params, np.stack([image_a, image_b]))
+  flat = z.reshape(2, -1)  # a grid latent (VQ-VAE) is interpolated as one vector, then quantised
   t = np.linspace(0.0, 1.0, steps)
   if method == "linear":
-    path = (1 - t)[:, None] * z[0] + t[:, None] * z[1]
+    path = (1 - t)[:, None] * flat[0] + t[:, None] * flat[1]
   elif method in ("spherical", "slerp"):
-    path = slerp(z[0], z[1], t)
+    path = slerp(flat[0], flat[1], t)
   else:
     raise ValueError(f"method={method!r}: expected 'linear' or 'spherical' (alias 'slerp')")
-  return decode(model, params, path.astype(np.float32))
+  return decode(model, params, path.reshape(steps, *z.shape[1:]).astype(np.float32))
+
+
+def sample_latents(model, n: int, seed: int, train_z=None, components: int = 10) -> tuple[np.ndarray, str]:
+  """(n latents, how they were drawn): from the prior N(0, I) for a Gaussian latent (VAE,
+  IWAE); else from a Gaussian mixture (full covariances, scikit-learn) fitted to train_z,
+  the training latents (Ghosh et al. 2020), which a deterministic model needs."""
+  if model.latent == "gaussian":
+    return np.asarray(jax.random.normal(jax.random.key(seed), (n, model.latent_dim))), "prior N(0, I)"
+  if train_z is None:
+    raise ValueError(f"train_z=None: a {model.latent} latent has no prior; pass the training latents "
+                     "(embed(model, params, train_images)) to fit a mixture to")
+  from sklearn.mixture import GaussianMixture  # pylint: disable=g-import-not-at-top
+
+  flat = np.asarray(train_z, np.float64).reshape(len(train_z), -1)
+  gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(flat)
+  z, _ = gmm.sample(n)
+  z = z[np.random.default_rng(seed).permutation(n)]  # sklearn returns them grouped by component
+  return z.reshape(n, *np.shape(train_z)[1:]).astype(np.float32), f"{components}-component Gaussian mixture"
+
+
+def sample(model, params, n: int, seed: int = 0, train_z=None, components: int = 10):
+  """(n decoded samples in [0, 1], how their latents were drawn): see sample_latents."""
+  z, how = sample_latents(model, n, seed, train_z, components)
+  return decode(model, params, z), how
+
+
+def traverse(model, params, image, values=np.linspace(-3.0, 3.0, 7), dims=None) -> np.ndarray:
+  """Latent traversals of one image [H, W, C]: its latent with dimension d set to each of
+  `values`, decoded: [len(dims), len(values), H, W, C] (dims: default every dimension).
+  The beta-VAE's picture: a disentangled dimension changes one factor of the digit."""
+  if model.latent == "grid":
+    raise ValueError("latent='grid': a VQ-VAE's grid has no single dimensions to traverse")
+  z = embed(model, params, np.asarray(image)[None])[0]
+  dims = range(model.latent_dim) if dims is None else dims
+  values = np.asarray(values, np.float32)
+  path = np.repeat(z[None, None], len(dims) * len(values), 0).reshape(len(dims), len(values), -1)
+  for i, d in enumerate(dims):
+    path[i, :, d] = values
+  images = decode(model, params, path.reshape(-1, model.latent_dim))
+  return images.reshape(len(dims), len(values), *images.shape[1:])
 
 
 def linear_probe_accuracy(train_z, train_y, test_z, test_y, seed: int = 0) -> float:
@@ -159,7 +200,7 @@ def probe_report(trained: Trained, ds: data.Dataset, max_train: int | None = 10_
       "knn_accuracy": knn_accuracy(train_z, train_y, test_z, ds.test_y, k),
       "pixel_linear_probe_accuracy": linear_probe_accuracy(train_x, train_y, ds.test_x, ds.test_y),
       "pixel_knn_accuracy": knn_accuracy(train_x, train_y, ds.test_x, ds.test_y, k),
-      "latent_dim": int(train_z.shape[1]),
+      "latent_dim": int(np.prod(train_z.shape[1:])),
       "pixel_dim": int(np.prod(ds.image_shape)),
       "num_train": n_train,
       "num_test": int(len(ds.test_x)),

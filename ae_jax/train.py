@@ -22,6 +22,7 @@ import optax
 from ae_jax import (
   checkpoint,
   data,
+  evaluation,
   layers,
   losses,
   metrics,
@@ -117,6 +118,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
     raise ValueError(f"optimizer={cfg.optimizer!r}: expected one of {config_lib.OPTIMIZERS}")
   parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm else []
   parts.append(tx)
+  if cfg.objective == "vqvae" and cfg.vq.ema_decay is not None:
+    parts.append(objectives.vq_ema(cfg.vq.ema_decay))  # replaces the codebook's (zero-gradient) update
   if cfg.ema_decay is not None:
     parts.append(track_ema(cfg.ema_decay))
   return parts[0] if len(parts) == 1 else optax.chain(*parts)
@@ -137,47 +140,61 @@ def create_train_state(model: models.Autoencoder, cfg: ml_collections.ConfigDict
 
 
 def train_step(state: TrainState, batch: dict, train_key: jax.Array, *, objective,
-               corrupt=None, axis_name: str | None = None) -> tuple[TrainState, dict]:
+               corrupt=None, binarize: bool = False,
+               axis_name: str | None = None) -> tuple[TrainState, dict]:
   """One optimizer step of `objective` (objectives.py) on batch['image'] (x_BHWC, the clean target).
 
-  The step key is fold_in(train_key, step); the input is corrupt(x) with key
-  fold_in(step key, global example index), so noise and the objective's draws
-  depend only on (seed, step, global example index). Under pmap pass
-  axis_name: gradients and metrics are averaged over it.
+  The step key is fold_in(train_key, step); the target is binarised (binarize)
+  and the input is corrupt(target), each with keys fold_in(step key's stream,
+  global example index), so every draw depends only on (seed, step, global
+  example index). Under pmap pass axis_name: gradients and metrics are
+  averaged over it, the objective's optimizer statistics summed.
   """
   x_BHWC = batch["image"]
   local_b = x_BHWC.shape[0]
   first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_b
   position_B = first + jnp.arange(local_b)
-  noise_key, objective_key = objectives.split_step_key(jax.random.fold_in(train_key, state.step))
+  step_key = jax.random.fold_in(train_key, state.step)
+  noise_key, objective_key = objectives.split_step_key(step_key)
+  if binarize:
+    x_BHWC = objectives.binarize(step_key, x_BHWC, position_B)
   inputs_BHWC = x_BHWC if corrupt is None else noise.corrupt_batch(corrupt, noise_key, x_BHWC,
                                                                     position_B)
-  batch = {"image": x_BHWC, "input": inputs_BHWC, "position": position_B}
+  batch = {"image": x_BHWC, "input": inputs_BHWC, "position": position_B, "step": state.step}
 
   def loss_fn(params):
     loss_B, metrics_B = objective(params, batch, objective_key)
     return jnp.mean(loss_B), metrics_B
 
   (_, metrics_B), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  optimizer_args = jax.tree.map(lambda v: jnp.sum(v, axis=0), metrics_B.pop(objectives.OPTIMIZER_ARGS, {}))
   step_metrics = jax.tree.map(jnp.mean, metrics_B)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
     step_metrics = jax.lax.pmean(step_metrics, axis_name)
-  return state.apply_gradients(grads=grads), step_metrics
+    optimizer_args = jax.lax.psum(optimizer_args, axis_name)
+  if not optimizer_args:
+    return state.apply_gradients(grads=grads), step_metrics
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **optimizer_args)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state), step_metrics
 
 
-def eval_step(params, batch: dict, eval_key: jax.Array, *, objective, corrupt=None) -> dict:
+def eval_step(params, batch: dict, eval_key: jax.Array, *, objective, corrupt=None,
+              binarize: bool = False) -> dict:
   """Sums over the valid examples (batch['mask']) of per-example metrics; divide by the count.
 
   `loss` and `recon_mse` come from the input as training feeds it (corrupted,
   for denoising: the denoised output vs the clean image). Denoising adds
   `corruption_mse` (corrupted input vs clean image: no model, the error to beat)
   and `recon_from_clean_mse` (the model fed clean images). batch['position'] is
-  each example's index in the test split: example i is corrupted with
-  fold_in(eval_key, i), the same noise at every eval.
+  each example's index in the test split: example i is binarised and corrupted
+  with keys from fold_in(eval_key's streams, i), the same draws at every eval.
   """
   x_BHWC = batch["image"]
   noise_key, objective_key = objectives.split_step_key(eval_key)
+  if binarize:
+    x_BHWC = objectives.binarize(eval_key, x_BHWC, batch["position"])
 
   def total(v_B):
     return jnp.sum(jnp.where(batch["mask"], v_B, 0.0))
@@ -185,8 +202,8 @@ def eval_step(params, batch: dict, eval_key: jax.Array, *, objective, corrupt=No
   def run(inputs_BHWC):
     loss_B, m = objective(params, {"image": x_BHWC, "input": inputs_BHWC,
                                    "position": batch["position"]}, objective_key)
-    return {"loss": total(loss_B), **{"recon_mse" if k == "mse" else k: total(v)
-                                      for k, v in m.items() if k != "loss"}}
+    return {"loss": total(loss_B), **{"recon_mse" if k == "mse" else k: total(v) for k, v in m.items()
+                                      if k not in ("loss", objectives.OPTIMIZER_ARGS)}}
 
   if corrupt is None:
     return run(x_BHWC)
@@ -433,7 +450,8 @@ def _record_eval(workdir: str, writer, result: dict, model, params, ds, corrupt,
   metrics.write_json(os.path.join(workdir, "eval.json"), result)
   _save_pictures(workdir, model, params, ds, corrupt, eval_key, num_images)
   report("eval at step %d (epoch %d): %s", result["step"], result["epoch"],
-         ", ".join(f"{k} {v:.5f}" for k, v in result.items() if k.endswith(("mse", "psnr", "loss"))))
+         ", ".join(f"{k} {v:.5f}" for k, v in result.items()
+                   if k.endswith(("mse", "psnr", "loss", "elbo", "kl", "nll", "ssim", "distance", "floor"))))
 
 
 def _save_pictures(workdir: str, model, params, ds: data.Dataset, corrupt, eval_key, n: int):
@@ -442,6 +460,10 @@ def _save_pictures(workdir: str, model, params, ds: data.Dataset, corrupt, eval_
   plots.image_rows(os.path.join(workdir, "reconstructions.png"),
                    [x, probes.reconstruct(model, params, x)], ["input", "reconstruction"],
                    "clean test inputs and their reconstructions")
+  if model.latent == "gaussian":  # samples from the prior
+    plots.image_rows(os.path.join(workdir, "samples.png"),
+                     [probes.sample(model, params, n, seed=k)[0] for k in range(2)], ["prior", "prior"],
+                     "decoded samples z ~ N(0, I)")
   if corrupt is not None:
     noisy = np.asarray(noise.corrupt_batch(corrupt, eval_key, jnp.asarray(x), index))  # eval noise
     plots.image_rows(os.path.join(workdir, "denoising.png"),
@@ -479,7 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.batch_size > len(ds.train_x):
     raise ValueError(f"batch_size={config.batch_size}: larger than the {len(ds.train_x)} "
                      "training examples")
-  model = models.from_config(config.model, ds.image_shape)
+  model = models.from_config(config, ds.image_shape)
   keys = run_keys(config.seed)
   schedule = Schedule(keys["data"], len(ds.train_x), config.batch_size, config.num_epochs,
                       resolve_steps_per_call(config.steps_per_call))
@@ -510,8 +532,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   objective = objectives.from_config(config, model.apply)
   corrupt = noise.corruption_fn(config.noise)
   place = parallel.placement(config.parallel, devices, config.batch_size)
-  step = place.compile(functools.partial(train_step, objective=objective, corrupt=corrupt))
-  eval_fn = jax.jit(functools.partial(eval_step, objective=objective, corrupt=corrupt))
+  binarize = config.data.binarize == "dynamic"
+  step = place.compile(functools.partial(train_step, objective=objective, corrupt=corrupt,
+                                         binarize=binarize))
+  eval_fn = jax.jit(functools.partial(eval_step, objective=objective, corrupt=corrupt, binarize=binarize))
   table = place.put_table({"image": ds.train_x}) if config.data_on_device else None
   dstate, pending, last_eval = place.put_state(state), [], None
 
@@ -539,6 +563,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           params = eval_params(host_state)
           last_eval = evaluate(eval_fn, params, ds.test_x, keys["eval"], config.eval_batch_size)
           last_eval.update(step=call.end, epoch=call.epoch + 1)
+          if chief and last and config.eval.final:
+            last_eval.update(evaluation.final(model, params, config, ds, keys["eval"]))
           if chief:
             _record_eval(workdir, writer, last_eval, model, params, ds, corrupt, keys["eval"],
                          config.num_images)

@@ -19,7 +19,7 @@ def test_reference_param_counts_equal_keras():
 
 
 def test_default_config_builds_reference_model():
-  model = models.from_config(config_lib.get_default().model, (28, 28, 1))
+  model = models.from_config(config_lib.get_default(), (28, 28, 1))
   assert model == models.Autoencoder()
 
 

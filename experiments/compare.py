@@ -1,0 +1,142 @@
+r"""Trains members of the autoencoder family with one budget on one dataset and tabulates them.
+
+  python -m experiments.compare --workdir runs/compare \
+    --data_source=idx --data_dir=../shared/data/mnist   # all eight members, 10 epochs at batch 128
+
+Each member is its config in experiments/configs/ (MEMBERS), trained in
+WORKDIR/<member> by train_and_evaluate with the same num_epochs, batch_size,
+data and seed, and evaluated at its end (eval.final: ae_jax/evaluation.py).
+A rerun resumes unfinished members and reads finished ones. Writes
+WORKDIR/compare.json, compare.md (the table) and compare.png (per member a
+row of test reconstructions and a row of samples).
+"""
+
+import importlib
+import os
+
+from absl import flags
+import numpy as np
+
+from ae_jax import config as config_lib
+from ae_jax import data, metrics, plots, probes, train
+from experiments import cli
+
+# member -> its config module in experiments/configs/
+MEMBERS = {"ae": "ae_mnist", "dae": "dae_mnist", "vae": "vae_mnist", "beta_vae": "beta_vae_mnist",
+           "iwae": "iwae_mnist", "sparse": "sparse_mnist", "contractive": "contractive_mnist",
+           "vqvae": "vqvae_mnist"}
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the members' workdirs and the table.")
+_MEMBERS = flags.DEFINE_list("members", list(MEMBERS), f"Which members, of {', '.join(MEMBERS)}.")
+_EPOCHS = flags.DEFINE_integer("num_epochs", 10, "Epochs for every member.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size for every member.", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for every member.", lower_bound=0)
+_SOURCE = flags.DEFINE_enum("data_source", "tfds", list(data.SOURCES), "config data.source.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "config data.dir.")
+_TRAIN_SIZE = flags.DEFINE_integer("train_size", None, "config data.train_size.", lower_bound=1)
+_TEST_SIZE = flags.DEFINE_integer("test_size", None, "config data.test_size.", lower_bound=1)
+_NLL_SAMPLES = flags.DEFINE_integer("nll_samples", 200, "config eval.nll_samples.", lower_bound=1)
+_NLL_EXAMPLES = flags.DEFINE_integer("nll_examples", None, "config eval.nll_examples (None: all).",
+                                     lower_bound=1)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 10_000, "config eval.num_samples.", lower_bound=1)
+_LOG_EVERY = flags.DEFINE_integer("log_every_steps", 100, "config log_every_steps.", lower_bound=1)
+cli.define_process_flags()
+
+# (column, eval.json key, format); '-' where a member does not define it.
+COLUMNS = (
+    ("test MSE", "det_recon_mse", "{:.4f}"), ("PSNR dB", "det_recon_psnr", "{:.2f}"),
+    ("SSIM", "ssim", "{:.3f}"), ("ELBO nats", "elbo", "{:.2f}"), ("IS-NLL nats", "nll", "{:.2f}"),
+    ("Fréchet dist.", "frechet_distance", "{:.2f}"), ("floor", "frechet_floor", "{:.2f}"),
+    ("linear probe", "linear_probe_accuracy", "{:.3f}"), ("k-NN", "knn_accuracy", "{:.3f}"),
+    ("active units", "active_units", "{}"), ("img/s vs ae", "speed_vs_ae", "{:.2f}"),
+)
+
+
+def member_config(member: str):
+  """The member's config with the shared budget, data and evaluation."""
+  if member not in MEMBERS:
+    raise ValueError(f"--members: {member!r}: expected some of {', '.join(MEMBERS)}"
+                     f"{config_lib.suggest(member, MEMBERS)}")
+  c = importlib.import_module(f"experiments.configs.{MEMBERS[member]}").get_config()
+  c.num_epochs, c.batch_size, c.seed = _EPOCHS.value, _BATCH.value, _SEED.value
+  c.data.source, c.data.dir = _SOURCE.value, _DATA_DIR.value
+  c.data.train_size, c.data.test_size = _TRAIN_SIZE.value, _TEST_SIZE.value
+  c.eval.final, c.eval.nll_samples, c.eval.num_samples = True, _NLL_SAMPLES.value, _NUM_SAMPLES.value
+  c.eval.nll_examples = _NLL_EXAMPLES.value
+  c.log_every_steps = _LOG_EVERY.value
+  c.eval_batch_size = min(c.eval_batch_size, 1000)
+  config_lib.validate(c)
+  return c
+
+
+def training_speed(workdir: str) -> float:
+  """Median logged training images/s of the run (excluding the first window: compilation)."""
+  rates = [r["images_per_sec"] for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+           if r.get("kind") == "train" and "images_per_sec" in r]
+  return float(np.median(rates[1:] if len(rates) > 1 else rates))
+
+
+def markdown(results: dict, budget: str) -> str:
+  rows = [f"Autoencoder family, {budget}.", "",
+          "| model | objective | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
+          "| --- | --- |" + " --- |" * len(COLUMNS)]
+  for member, r in results.items():
+    cells = [fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in COLUMNS]
+    rows.append(f"| {member} | {r['objective']} | " + " | ".join(cells) + " |")
+  rows += ["", "test MSE, PSNR, SSIM: the deterministic reconstruction decode(encode(x)) of the clean "
+           "test images (the posterior mean for the VAE family). ELBO and IS-NLL (importance-sampled "
+           "-log p(x)): on the binarised test set, for members trained on binarised data. "
+           "Fréchet distance: decoded samples vs the test images in the features of the project's own "
+           "MNIST classifier (ae_jax/frechet.py); samples from the prior (VAE family) or from a mixture "
+           "fitted to the training latents; floor: training vs test images. Probes: on the latents. "
+           "img/s vs ae: median logged training throughput relative to ae's, same machine, one after "
+           "the other."]
+  return "\n".join(rows) + "\n"
+
+
+def figure(path: str, trained: dict, ds: data.Dataset, n: int = 8) -> None:
+  """A row per member: its reconstructions of n test digits (the first row), a gap, n samples."""
+  index = np.linspace(0, len(ds.test_x) - 1, n).astype(np.int32)
+  x = ds.test_x[index]
+  gap = np.full((1, *x.shape[1:]), np.nan, np.float32)  # drawn blank
+  rows, labels = [x], ["test digits"]
+  for member, (model, params, cfg) in trained.items():
+    z = None if model.latent == "gaussian" else probes.embed(model, params, ds.train_x[:10_000])
+    drawn, _ = probes.sample(model, params, n, cfg.seed, train_z=z, components=cfg.eval.gmm_components)
+    rows.append(np.concatenate([probes.reconstruct(model, params, x), gap, drawn]))
+    labels.append(member)
+  plots.image_rows(path, rows, labels,
+                   f"left: reconstructions of the {n} test digits on top; right: {n} decoded samples")
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _WORKDIR.value:
+    cli.fail("--workdir is required")
+  configs = {m: member_config(m) for m in _MEMBERS.value}  # every member checked before any work
+  cli.start_process()
+  workdir = _WORKDIR.value
+  results, trained, ds = {}, {}, None
+  for member, cfg in configs.items():
+    train.report("--- %s (%s) ---", member, MEMBERS[member])
+    result = train.train_and_evaluate(cfg, os.path.join(workdir, member))
+    loaded = probes.load(os.path.join(workdir, member))
+    trained[member] = (loaded.model, loaded.params, cfg)
+    results[member] = {"objective": cfg.objective, "config": MEMBERS[member], **result,
+                       "images_per_sec": training_speed(os.path.join(workdir, member))}
+    ds = ds or data.load(cfg.data)
+  base = results.get("ae", {}).get("images_per_sec")
+  for r in results.values():
+    r["speed_vs_ae"] = r["images_per_sec"] / base if base else None
+  budget = (f"{_EPOCHS.value} epochs at batch {_BATCH.value}, {ds.source}: {len(ds.train_x)} train / "
+            f"{len(ds.test_x)} test, seed {_SEED.value}")
+  metrics.write_json(os.path.join(workdir, "compare.json"), {"budget": budget, "members": results})
+  with open(os.path.join(workdir, "compare.md"), "w") as f:
+    f.write(markdown(results, budget))
+  figure(os.path.join(workdir, "compare.png"), trained, ds)
+  print(markdown(results, budget))
+
+
+if __name__ == "__main__":
+  cli.run(main)
