@@ -65,7 +65,8 @@ def importance_nll(apply_fn, params, images_NHWC: np.ndarray, key: jax.Array, nu
     log_w = []
     for c, done in enumerate(range(0, num_samples, chunk)):
       log_w.append(_log_weights(params, x, position, jax.random.fold_in(key, c), apply_fn=apply_fn,
-                                likelihood=likelihood, scale=scale, num_samples=min(chunk, num_samples - done)))
+                                likelihood=likelihood, scale=scale,
+                                num_samples=min(chunk, num_samples - done)))
     log_w = jnp.concatenate(log_w, axis=1)
     nll = -(jax.nn.logsumexp(log_w, axis=1) - jnp.log(num_samples))
     out.append(np.asarray(nll)[:valid])

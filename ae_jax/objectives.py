@@ -186,7 +186,8 @@ def sample_parts(params, x_BHWC: jax.Array, target_BHWC: jax.Array, keys_B: jax.
   z_BKD = mean_BD[:, None] + jnp.exp(0.5 * logvar_BD)[:, None] * eps_BKD
   logits = apply_fn({"params": params}, z_BKD.reshape(b * num_samples, d), method="decode_logits")
   target = jnp.repeat(target_BHWC, num_samples, axis=0)
-  log_px_z = log_likelihood(likelihood, logits, target, _log_scale(likelihood, params, scale)).reshape(b, num_samples)
+  log_scale = _log_scale(likelihood, params, scale)
+  log_px_z = log_likelihood(likelihood, logits, target, log_scale).reshape(b, num_samples)
   mse = jnp.mean(jnp.square(jax.nn.sigmoid(logits) - target).reshape(b * num_samples, -1), -1)
   log_pz = gaussian_log_density(z_BKD, 0.0, jnp.zeros_like(z_BKD))
   log_qz_x = gaussian_log_density(z_BKD, mean_BD[:, None], logvar_BD[:, None])

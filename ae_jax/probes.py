@@ -152,7 +152,7 @@ def sample(model, params, n: int, seed: int = 0, train_z=None, components: int =
   return decode(model, params, z), how
 
 
-def traverse(model, params, image, values=np.linspace(-3.0, 3.0, 7), dims=None) -> np.ndarray:
+def traverse(model, params, image, values=(-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0), dims=None) -> np.ndarray:
   """Latent traversals of one image [H, W, C]: its latent with dimension d set to each of
   `values`, decoded: [len(dims), len(values), H, W, C] (dims: default every dimension).
   The beta-VAE's picture: a disentangled dimension changes one factor of the digit."""

@@ -11,14 +11,17 @@ WORKDIR/compare.json, compare.md (the table) and compare.png (per member a
 row of test reconstructions and a row of samples).
 """
 
+import functools
 import importlib
 import os
+import time
 
 from absl import flags
+import jax
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import data, metrics, plots, probes, train
+from ae_jax import data, metrics, models, noise, objectives, plots, probes, train
 from experiments import cli
 
 # member -> its config module in experiments/configs/
@@ -40,6 +43,10 @@ _NLL_EXAMPLES = flags.DEFINE_integer("nll_examples", None, "config eval.nll_exam
                                      lower_bound=1)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 10_000, "config eval.num_samples.", lower_bound=1)
 _LOG_EVERY = flags.DEFINE_integer("log_every_steps", 100, "config log_every_steps.", lower_bound=1)
+_SPEED_STEPS = flags.DEFINE_integer("speed_steps", 20, "Timed train steps per member and round.",
+                                    lower_bound=1)
+_SPEED_ROUNDS = flags.DEFINE_integer("speed_rounds", 3, "Rounds of the side-by-side speed measurement.",
+                                     lower_bound=1)
 cli.define_process_flags()
 
 # (column, eval.json key, format); '-' where a member does not define it.
@@ -69,11 +76,31 @@ def member_config(member: str):
   return c
 
 
-def training_speed(workdir: str) -> float:
-  """Median logged training images/s of the run (excluding the first window: compilation)."""
-  rates = [r["images_per_sec"] for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-           if r.get("kind") == "train" and "images_per_sec" in r]
-  return float(np.median(rates[1:] if len(rates) > 1 else rates))
+def training_speeds(configs: dict, image_shape, steps: int, rounds: int) -> dict:
+  """Training images/s of each member's jitted train step, measured side by side: every round
+  times `steps` steps of each member in turn (same batch size, random images); the median
+  over rounds. Interleaving keeps a noisy, shared machine from favouring one member."""
+  runs = {}
+  for member, cfg in configs.items():
+    model = models.from_config(cfg, image_shape)
+    state = train.create_train_state(model, cfg, jax.random.key(0))
+    step = jax.jit(functools.partial(train.train_step, objective=objectives.from_config(cfg, model.apply),
+                                     corrupt=noise.corruption_fn(cfg.noise),
+                                     binarize=cfg.data.binarize == "dynamic"))
+    batch = {"image": jax.random.uniform(jax.random.key(1), (cfg.batch_size, *image_shape))}
+    state, _ = step(state, batch, jax.random.key(2))  # compile
+    runs[member] = [step, state, batch, []]
+  for _ in range(rounds):
+    for run in runs.values():
+      step, state, batch, times = run
+      jax.block_until_ready(state)
+      t = time.perf_counter()
+      for _ in range(steps):
+        state, _ = step(state, batch, jax.random.key(2))
+      jax.block_until_ready(state)
+      times.append(time.perf_counter() - t)
+      run[1] = state
+  return {m: steps * configs[m].batch_size / float(np.median(times)) for m, (_, _, _, times) in runs.items()}
 
 
 def markdown(results: dict, budget: str) -> str:
@@ -89,8 +116,8 @@ def markdown(results: dict, budget: str) -> str:
            "Fréchet distance: decoded samples vs the test images in the features of the project's own "
            "MNIST classifier (ae_jax/frechet.py); samples from the prior (VAE family) or from a mixture "
            "fitted to the training latents; floor: training vs test images. Probes: on the latents. "
-           "img/s vs ae: median logged training throughput relative to ae's, same machine, one after "
-           "the other."]
+           "img/s vs ae: training throughput of the jitted step relative to ae's, timed side by side "
+           "in this process (interleaved rounds, median)."]
   return "\n".join(rows) + "\n"
 
 
@@ -123,12 +150,14 @@ def main(argv):
     result = train.train_and_evaluate(cfg, os.path.join(workdir, member))
     loaded = probes.load(os.path.join(workdir, member))
     trained[member] = (loaded.model, loaded.params, cfg)
-    results[member] = {"objective": cfg.objective, "config": MEMBERS[member], **result,
-                       "images_per_sec": training_speed(os.path.join(workdir, member))}
+    results[member] = {"objective": cfg.objective, "config": MEMBERS[member], **result}
     ds = ds or data.load(cfg.data)
-  base = results.get("ae", {}).get("images_per_sec")
-  for r in results.values():
-    r["speed_vs_ae"] = r["images_per_sec"] / base if base else None
+  train.report("timing the members' train steps side by side (%d rounds of %d steps)",
+               _SPEED_ROUNDS.value, _SPEED_STEPS.value)
+  speeds = training_speeds(configs, ds.image_shape, _SPEED_STEPS.value, _SPEED_ROUNDS.value)
+  for member, r in results.items():
+    r["images_per_sec"] = speeds[member]
+    r["speed_vs_ae"] = speeds[member] / speeds["ae"] if "ae" in speeds else None
   budget = (f"{_EPOCHS.value} epochs at batch {_BATCH.value}, {ds.source}: {len(ds.train_x)} train / "
             f"{len(ds.test_x)} test, seed {_SEED.value}")
   metrics.write_json(os.path.join(workdir, "compare.json"), {"budget": budget, "members": results})

@@ -24,18 +24,23 @@ _IMPL = flags.DEFINE_enum("conv_impl", "xla", list(layers.IMPLS), "Conv implemen
 
 def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
                 steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "xla",
-                on_device: bool = False):
-  """(host state, per-step losses) after `steps` steps of the reference DAE on fixed batches.
+                on_device: bool = False, objective: str = "ae", binarize: bool = False):
+  """(host state, per-step losses) after `steps` steps of the reference DAE (or `objective`,
+  with the EMA codebook for vqvae) on fixed batches.
 
   on_device: the images go to the devices once (put_table) and each call
   sends only indices, as experiments.train does by default.
   """
   cfg = config_lib.get_default()
   cfg.noise.kind = kind
-  model = models.Autoencoder(conv_impl=conv_impl)
+  cfg.objective = objective
+  cfg.model.conv_impl = conv_impl
+  if objective == "vqvae":
+    cfg.vq.ema_decay = 0.9  # its statistics are summed over the devices
+  model = models.from_config(cfg, (28, 28, 1))
   state = train.create_train_state(model, cfg, jax.random.key(0))
   step_fn = functools.partial(train.train_step, objective=objectives.from_config(cfg, model.apply),
-                              corrupt=noise.corruption_fn(cfg.noise))
+                              corrupt=noise.corruption_fn(cfg.noise), binarize=binarize)
   place = parallel.placement(mode, devices, batch)
   step = place.compile(step_fn)
   images = np.asarray(jax.random.uniform(jax.random.key(1), (steps, batch, 28, 28, 1)))

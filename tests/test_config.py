@@ -20,7 +20,12 @@ WRONG = {"seed": -1, "objective": "gan", "loss": "l1", "batch_size": 0, "num_epo
          "model.output": "softmax", "model.conv_impl": "cudnn", "model.dtype": "float16",
          "noise.kind": "speckle", "noise.mean": "half", "noise.std": -0.1, "noise.clip": 1,
          "noise.nu": 1.5, "data.source": "hub", "data.name": "", "data.dir": "",
-         "data.download": "no", "data.train_size": 0, "data.test_size": -1}
+         "data.download": "no", "data.train_size": 0, "data.test_size": -1,
+         "model.num_codes": 0, "vae.likelihood": "poisson", "vae.scale": 0.0, "vae.beta": -1.0,
+         "vae.kl_warmup_steps": -5, "vae.num_samples": 0, "sparse.penalty": "l2", "sparse.weight": -1e-3,
+         "sparse.target": 1.0, "contractive.weight": "high", "vq.commitment": -0.25, "vq.ema_decay": 1.5,
+         "data.binarize": "static", "eval.final": "yes", "eval.nll_samples": 0, "eval.nll_examples": 0,
+         "eval.num_samples": -1, "eval.gmm_components": 0}
 
 
 def _set(c, name, value):
@@ -62,6 +67,15 @@ def test_resume_rules_come_from_the_declaration():
   del saved["objective"]  # a run saved before the field existed held its default
   c = config_lib.get_default()
   assert config_lib.resume_conflicts(saved, c) == ([], [])
+
+
+def test_a_scale_without_a_gaussian_likelihood_is_refused():
+  c = config_lib.get_default()
+  c.vae.scale = 0.1
+  with pytest.raises(ValueError, match=r"^vae.scale=0.1: only vae.likelihood='gaussian' has a scale"):
+    config_lib.validate(c)
+  c.vae.likelihood = "gaussian"
+  config_lib.validate(c)
 
 
 def test_readme_field_table_is_the_declared_one():

@@ -114,6 +114,19 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(straight, tmp_path,
   _assert_same_run(straight[0], workdir)
 
 
+def test_denoising_vae_on_binarised_data_resumes_bit_identically(tmp_path, small_idx_dir):
+  # Latent samples, binarisation and noise all drawn inside the step from (seed, step, index).
+  family = ("--config.objective=vae", "--config.data.binarize=dynamic", "--config.model.latent_dim=4",
+            "--config.vae.kl_warmup_steps=6")
+  _train(tmp_path / "straight", small_idx_dir, "--config.num_epochs=2", *family)
+  _train(tmp_path / "split", small_idx_dir, "--config.num_epochs=1", *family)
+  proc = _train(tmp_path / "split", small_idx_dir, "--config.num_epochs=2", *family)
+  assert "restored checkpoint at step 8" in proc.stderr
+  _assert_same_run(tmp_path / "straight", tmp_path / "split")
+  result = _eval(tmp_path / "split")
+  assert result["elbo"] < 0 < result["kl"] and result["corruption_mse"] > 0
+
+
 def test_rerun_of_a_finished_run_changes_nothing(straight, small_idx_dir):
   workdir = straight[0]
   before = (_records(workdir), _eval(workdir), (workdir / "run.json").read_text())

@@ -57,6 +57,32 @@ def test_data_on_device_gives_the_same_steps(single, mode, k):
   np.testing.assert_allclose(losses, host[1], rtol=1e-6)
 
 
+@pytest.mark.parametrize("objective,binarize", [("vae", True), ("vqvae", False)])
+def test_wrappers_agree_for_the_vae_and_the_ema_vqvae(objective, binarize):
+  # Latent samples and binarisation from fold_in keys per (step, global index); the EMA
+  # codebook's statistics summed over the devices.
+  runs = {mode: wrapper_agreement.train_steps(mode, tuple(jax.devices()[:1]) if mode == "jit" else
+                                              tuple(jax.devices()), STEPS, BATCH, kind="none",
+                                              objective=objective, binarize=binarize)
+          for mode in ("jit", "pmap", "mesh")}
+  ref_state, ref_losses = runs["jit"]
+  for mode in ("pmap", "mesh"):
+    state, losses = runs[mode]
+    err = metrics.relative_distance(state.params, ref_state.params)
+    assert err < 1e-5, f"{objective} {mode}: relative parameter difference {err:.2e}"
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  init = train.create_train_state(models.from_config(_config(objective), (28, 28, 1)),
+                                  _config(objective), jax.random.key(0))
+  assert metrics.relative_distance(init.params, ref_state.params) > 1e-3
+
+
+def _config(objective):
+  c = config_lib.get_default()
+  c.objective = objective
+  c.vq.ema_decay = 0.9 if objective == "vqvae" else None
+  return c
+
+
 def test_two_devices_agree_too(single):
   state, _ = _run("pmap", tuple(jax.devices()[:2]))
   assert metrics.relative_distance(state.params, single[0].params) < 1e-5

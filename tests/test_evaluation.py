@@ -1,0 +1,139 @@
+"""The final evaluation against closed forms and hand computations; experiments.compare end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from ae_jax import data, evaluation, frechet, objectives, probes
+from conftest import REPO
+from test_objectives import _setup
+
+
+def test_frechet_distance_of_a_set_to_itself_is_zero():
+  f = np.random.default_rng(0).normal(size=(500, 6))
+  f[:, 5] = 0.0  # a dead feature: a singular covariance
+  assert abs(frechet.distance(f, f)) < 1e-9
+
+
+def test_frechet_distance_matches_the_closed_forms():
+  rng = np.random.default_rng(1)
+  m1, m2 = rng.normal(size=4), rng.normal(size=4)
+  v1, v2 = rng.uniform(0.5, 2, 4), rng.uniform(0.5, 2, 4)
+  # Diagonal covariances: ||m1 - m2||^2 + sum (sqrt v1 - sqrt v2)^2.
+  np.testing.assert_allclose(frechet.frechet_distance(m1, np.diag(v1), m2, np.diag(v2)),
+                             np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2), rtol=1e-10)
+  # Full covariances: against scipy's general matrix square root.
+  a, b = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+  s1, s2 = a @ a.T + 0.1 * np.eye(4), b @ b.T + 0.1 * np.eye(4)
+  ref = np.sum((m1 - m2) ** 2) + np.trace(s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2)))
+  np.testing.assert_allclose(frechet.frechet_distance(m1, s1, m2, s2), ref, rtol=1e-8)
+  # From samples of the two Gaussians: the estimate approaches the closed form.
+  x1 = rng.multivariate_normal(m1, s1, 200_000)
+  x2 = rng.multivariate_normal(m2, s2, 200_000)
+  np.testing.assert_allclose(frechet.distance(x1, x2), ref, rtol=0.02)
+
+
+def test_feature_classifier_is_deterministic_cached_and_accurate(tmp_path, monkeypatch):
+  monkeypatch.setenv("AE_JAX_CACHE", str(tmp_path))
+  train_x, train_y, test_x, test_y = data.load_embedded()
+  train_x = train_x.astype(np.float32) / 255
+  test_x = test_x.astype(np.float32) / 255
+  model, params = frechet.classifier(train_x, train_y)
+  cached = [f for f in os.listdir(tmp_path) if f.startswith("frechet-classifier")]
+  assert len(cached) == 1
+  again = frechet._train(train_x, train_y)  # trained anew: the same params
+  jax.tree.map(np.testing.assert_array_equal, params, again)
+  _, loaded = frechet.classifier(train_x, train_y)  # from the cache
+  jax.tree.map(np.testing.assert_array_equal, params, loaded)
+  assert frechet.accuracy(model, params, test_x, test_y) > 0.85
+  assert frechet.features(model, params, test_x[:10]).shape == (10, 128)
+
+
+def test_ssim_active_units_and_codebook_use_by_hand():
+  x = np.random.default_rng(0).uniform(size=(5, 28, 28, 1)).astype(np.float32)
+  assert evaluation.ssim(x, x) == pytest.approx(1.0, abs=1e-5)
+  assert evaluation.ssim(x, np.clip(x + 0.3 * np.random.default_rng(1).normal(size=x.shape), 0, 1)) < 0.9
+  z = np.random.default_rng(2).normal(size=(1000, 5))
+  z[:, 1] *= 0.01  # variance 1e-4: inactive
+  z[:, 3] = 0.5
+  assert evaluation.active_units(z) == 3
+  assert evaluation.codebook_use(np.arange(64) % 16, 512) == {"vq_perplexity": pytest.approx(16.0),
+                                                              "vq_codes_used": 16}
+  assert evaluation.codebook_use(np.zeros(10, int), 8)["vq_perplexity"] == pytest.approx(1.0)
+
+
+def test_importance_nll_is_the_iwae_bound_and_tightens_with_samples():
+  cfg, model, state, batch = _setup("vae")
+  x = np.round(np.asarray(batch["image"]))
+  key = jax.random.key(4)
+  one = evaluation.importance_nll(model.apply, state.params, x, key, 1, likelihood="bernoulli", scale=None,
+                                  batch_size=3)  # a padded last batch
+  keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, 0), jnp.arange(len(x)))
+  parts, _, _ = objectives.sample_parts(state.params, x, x, keys_B, 1, apply_fn=model.apply,
+                                        likelihood="bernoulli", scale=None)
+  np.testing.assert_allclose(one, -objectives.iwae_bound(parts), rtol=1e-6)
+  many = evaluation.importance_nll(model.apply, state.params, x, key, 120, likelihood="bernoulli",
+                                   scale=None, chunk=50)
+  vae = objectives.from_config(cfg, model.apply)
+  elbo = np.mean(jax.vmap(lambda k: vae(state.params, {**batch, "image": x, "input": x}, k)[1]["elbo"])(
+      jax.random.split(key, 1000)), axis=0)  # the ELBO's expectation, to ~0.01 nats
+  assert np.all(many < -elbo)  # log p(x) >= its 120-sample bound >= the ELBO
+
+
+def test_sampling_traversals_and_interpolation_for_every_latent():
+  for objective in ("vae", "ae", "vqvae"):
+    _, model, state, batch = _setup(objective)
+    x = np.asarray(batch["image"])
+    if model.latent != "gaussian":
+      with pytest.raises(ValueError, match="train_z=None"):
+        probes.sample(model, state.params, 4)
+      train_z = probes.embed(model, state.params, np.concatenate([x] * 10))
+      train_z = train_z + np.random.default_rng(0).normal(scale=0.1, size=train_z.shape).astype(np.float32)
+      images, how = probes.sample(model, state.params, 6, train_z=train_z, components=2)
+      assert "mixture" in how
+    else:
+      images, how = probes.sample(model, state.params, 6)
+      assert how == "prior N(0, I)"
+    assert images.shape == (6, 8, 8, 1) and np.all((images >= 0) & (images <= 1))
+    assert probes.interpolate(model, state.params, x[0], x[1], steps=5).shape == (5, 8, 8, 1)
+    if objective == "vqvae":
+      with pytest.raises(ValueError, match="grid"):
+        probes.traverse(model, state.params, x[0])
+      continue
+    t = probes.traverse(model, state.params, x[0], values=[-2.0, 0.0, 2.0])
+    assert t.shape == (2, 3, 8, 8, 1)
+    z = probes.embed(model, state.params, x[:1])[0]
+    want = z.copy()
+    want[1] = 2.0
+    np.testing.assert_allclose(t[1, 2], probes.decode(model, state.params, want[None])[0], rtol=1e-5)
+
+
+def test_compare_trains_members_and_writes_the_table(tmp_path):
+  cmd = [sys.executable, "-m", "experiments.compare", "--workdir", str(tmp_path),
+         "--members=ae,vae,vqvae", "--data_source=embedded", "--train_size=512", "--test_size=200",
+         "--num_epochs=1", "--batch_size=64", "--nll_samples=8", "--num_samples=300",
+         "--speed_steps=2", "--speed_rounds=1"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / "compare.json").read_text())["members"]
+  assert list(result) == ["ae", "vae", "vqvae"]
+  for r in result.values():
+    assert np.isfinite(r["frechet_distance"]) and r["frechet_distance"] > r["frechet_floor"] > 0
+    assert 0 < r["ssim"] <= 1 and 0 <= r["knn_accuracy"] <= 1 and r["images_per_sec"] > 0
+  assert result["ae"]["speed_vs_ae"] == 1.0
+  assert result["vae"]["nll"] <= -result["vae"]["elbo"] + 0.5 and result["vae"]["nll_examples"] == 200
+  assert 1 <= result["vqvae"]["vq_perplexity"] <= result["vqvae"]["vq_codes_used"] <= 512
+  table = (tmp_path / "compare.md").read_text()
+  assert table.count("\n| ") == 5 and "| vae | vae |" in table  # header, rule, 3 members
+  assert (tmp_path / "compare.png").stat().st_size > 10_000
+  bad = subprocess.run([sys.executable, "-m", "experiments.compare", "--workdir", str(tmp_path / "x"),
+                        "--members=ae,vea"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and "vea" in bad.stderr and "did you mean vae" in bad.stderr
+  assert not (tmp_path / "x").exists()

@@ -1,0 +1,284 @@
+"""Each objective against an independent float64 numpy computation on a tiny case."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ae_jax import config as config_lib
+from ae_jax import models, noise, objectives, train
+from test_train import MODEL, _conv_same, _np
+
+B = 4
+
+
+def _setup(objective, **fields):
+  cfg = config_lib.get_default()
+  cfg.objective = objective
+  for name, value in fields.items():
+    node = cfg
+    *parents, leaf = name.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  latent = models.LATENT_OF_OBJECTIVE.get(objective, "dense")
+  learned = objective in ("vae", "iwae") and cfg.vae.likelihood == "gaussian" and cfg.vae.scale is None
+  model = models.Autoencoder(**MODEL, latent=latent, num_codes=5, learned_scale=learned)
+  state = train.create_train_state(model, cfg, jax.random.key(0))
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (B, 8, 8, 1)), np.float32)
+  batch = {"image": x, "input": x, "position": jnp.arange(B)}
+  return cfg, model, state, batch
+
+
+def _bce_nats(logits, x):
+  """-sum log Bernoulli(x | sigmoid(logits)) per example, float64."""
+  logits, x = np.asarray(logits, np.float64), np.asarray(x, np.float64)
+  p = 1 / (1 + np.exp(-logits))
+  return -np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), axis=(1, 2, 3))
+
+
+def _np_kl(mean, logvar):
+  mean, logvar = np.asarray(mean, np.float64), np.asarray(logvar, np.float64)
+  return 0.5 * np.sum(mean**2 + np.exp(logvar) - 1 - logvar, axis=-1)
+
+
+def test_gaussian_kl_matches_a_monte_carlo_estimate():
+  rng = np.random.default_rng(0)
+  mean, logvar = rng.normal(size=(3, 4)), rng.normal(scale=0.5, size=(3, 4))
+  z = mean + np.exp(logvar / 2) * rng.normal(size=(200_000, 3, 4))
+  log_q = -0.5 * np.sum(np.log(2 * np.pi) + logvar + (z - mean) ** 2 / np.exp(logvar), -1)
+  log_p = -0.5 * np.sum(np.log(2 * np.pi) + z**2, -1)
+  mc = np.mean(log_q - log_p, axis=0)
+  closed = np.asarray(objectives.gaussian_kl(jnp.asarray(mean), jnp.asarray(logvar)))
+  np.testing.assert_allclose(closed, _np_kl(mean, logvar), rtol=1e-5)
+  np.testing.assert_allclose(closed, mc, rtol=0.02, atol=0.01)
+
+
+def test_vae_loss_is_bernoulli_nats_plus_beta_kl_from_per_example_keys():
+  cfg, model, state, batch = _setup("vae", **{"vae.beta": 2.5})
+  objective = objectives.from_config(cfg, model.apply)
+  key = jax.random.key(3)
+  loss_B, m = objective(state.params, batch, key)
+  mean, logvar = model.apply({"params": state.params}, batch["input"], method="posterior")
+  # Independent: example b's noise from fold_in(key, b), decoded one at a time.
+  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, b), (1, MODEL["latent_dim"])))[0]
+                  for b in range(B)])
+  z = np.asarray(mean, np.float64) + np.exp(np.asarray(logvar, np.float64) / 2) * eps
+  logits = model.apply({"params": state.params}, jnp.asarray(z, jnp.float32), method="decode_logits")
+  nll, kl = _bce_nats(logits, batch["image"]), _np_kl(mean, logvar)
+  np.testing.assert_allclose(loss_B, nll + 2.5 * kl, rtol=1e-5)
+  np.testing.assert_allclose(m["elbo"], -nll - kl, rtol=1e-5)
+  # The same example at another position of the batch gets another draw.
+  moved = {**batch, "position": batch["position"] + 7}
+  assert not np.allclose(objective(state.params, moved, key)[0], loss_B)
+
+
+def test_kl_warmup_ramps_beta_from_zero():
+  cfg, model, state, batch = _setup("vae", **{"vae.kl_warmup_steps": 10})
+  objective = objectives.from_config(cfg, model.apply)
+  key = jax.random.key(3)
+  _, m = objective(state.params, batch, key)
+  for step, w in ((0, 0.0), (4, 0.4), (10, 1.0), (25, 1.0)):
+    loss_B, _ = objective(state.params, {**batch, "step": jnp.asarray(step)}, key)
+    np.testing.assert_allclose(loss_B, -m["log_px_z"] + w * m["kl"], rtol=1e-5)
+
+
+def test_gaussian_likelihood_fixed_and_learned_scale():
+  for scale in (0.1, None):
+    cfg, model, state, batch = _setup("vae", **{"vae.likelihood": "gaussian", "vae.scale": scale})
+    if scale is None:
+      assert state.params["log_scale"].shape == ()
+      state = state.replace(params={**state.params, "log_scale": jnp.asarray(np.log(0.3), jnp.float32)})
+    _, m = objectives.from_config(cfg, model.apply)(state.params, batch, jax.random.key(3))
+    sigma = 0.1 if scale else 0.3
+    mean, logvar = model.apply({"params": state.params}, batch["input"], method="posterior")
+    eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(3), b), (1, 2)))[0]
+                    for b in range(B)])
+    z = np.asarray(mean) + np.exp(np.asarray(logvar) / 2) * eps
+    mu = np.asarray(jax.nn.sigmoid(model.apply({"params": state.params}, jnp.asarray(z, jnp.float32),
+                                               method="decode_logits")), np.float64)
+    x = np.asarray(batch["image"], np.float64)
+    ref = np.sum(-0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi), axis=(1, 2, 3))
+    np.testing.assert_allclose(m["log_px_z"], ref, rtol=1e-5)
+
+
+def test_iwae_with_one_sample_is_the_one_sample_elbo_and_matches_vae_on_average():
+  cfg, model, state, batch = _setup("iwae", **{"vae.num_samples": 1})
+  iwae = objectives.from_config(cfg, model.apply)
+  key = jax.random.key(5)
+  loss_B, _ = iwae(state.params, batch, key)
+  keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, batch["position"])
+  parts, _, _ = objectives.sample_parts(state.params, batch["input"], batch["image"], keys_B, 1,
+                                        apply_fn=model.apply, likelihood="bernoulli", scale=None)
+  one_sample_elbo = parts.log_px_z[:, 0] + parts.log_pz[:, 0] - parts.log_qz_x[:, 0]
+  np.testing.assert_allclose(-loss_B, one_sample_elbo, rtol=1e-6)
+  # E[one-sample ELBO] = the closed-form-KL ELBO the vae objective reports.
+  vae = objectives.from_config(_setup("vae")[0], model.apply)
+  draws = jax.vmap(lambda k: (iwae(state.params, batch, k)[0], vae(state.params, batch, k)[1]["elbo"]))(
+      jax.random.split(jax.random.key(6), 2000))
+  np.testing.assert_allclose(-np.mean(draws[0], 0), np.mean(draws[1], 0), rtol=2e-3)
+
+
+def test_iwae_bound_is_the_log_mean_exp_of_the_weights():
+  rng = np.random.default_rng(1)
+  a, b, c = (rng.normal(size=(3, 6)) * 20 for _ in range(3))
+  parts = objectives.VaeParts(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c), None)
+  w = a + b - c
+  ref = np.log(np.mean(np.exp(w - w.max(1, keepdims=True)), 1)) + w.max(1)
+  np.testing.assert_allclose(objectives.iwae_bound(parts), ref, rtol=1e-6)
+  # More samples: a tighter bound on average.
+  cfg, model, state, batch = _setup("iwae")
+  bounds = {k: np.mean(objectives.from_config(_setup("iwae", **{"vae.num_samples": k})[0], model.apply)(
+      state.params, batch, jax.random.key(2))[1]["iwae_bound"]) for k in (1, 50)}
+  assert bounds[50] > bounds[1]
+
+
+def test_sparse_penalties_by_hand():
+  for penalty in ("l1", "kl"):
+    cfg, model, state, batch = _setup("sparse", **{"sparse.penalty": penalty, "sparse.weight": 0.5})
+    loss_B, m = objectives.from_config(cfg, model.apply)(state.params, batch, jax.random.key(0))
+    z = np.asarray(model.apply({"params": state.params}, batch["input"], method="encode"), np.float64)
+    if penalty == "l1":
+      ref = np.abs(z).sum(-1)
+    else:
+      r, q = 0.05, 1 / (1 + np.exp(-z))
+      ref = np.sum(r * np.log(r / q) + (1 - r) * np.log((1 - r) / (1 - q)), -1)
+    np.testing.assert_allclose(m["sparsity"], ref, rtol=1e-5)
+    np.testing.assert_allclose(loss_B, m["recon_loss"] + 0.5 * ref, rtol=1e-6)
+
+
+def _np_encode(p, x):
+  e = _np(p)["encoder"]
+  h = np.maximum(_conv_same(x, e["conv0"]["kernel"], e["conv0"]["bias"], 2), 0)
+  h = np.maximum(_conv_same(h, e["conv1"]["kernel"], e["conv1"]["bias"], 2), 0)
+  return h.reshape(len(x), -1) @ e["latent"]["kernel"] + e["latent"]["bias"]
+
+
+def test_contractive_penalty_matches_finite_differences():
+  cfg, model, state, batch = _setup("contractive", **{"contractive.weight": 0.3})
+  loss_B, m = objectives.from_config(cfg, model.apply)(state.params, batch, jax.random.key(0))
+  x = np.asarray(batch["input"], np.float64)
+  h = 1e-6
+  fro2 = []
+  for b in range(B):  # central differences, float64, one pixel at a time
+    eye = np.eye(x[b].size).reshape(-1, *x.shape[1:]) * h
+    jac = (_np_encode(state.params, x[b] + eye) - _np_encode(state.params, x[b] - eye)) / (2 * h)
+    fro2.append(np.sum(jac**2))
+  np.testing.assert_allclose(m["jacobian_fro2"], fro2, rtol=1e-4)
+  np.testing.assert_allclose(loss_B, m["recon_loss"] + 0.3 * np.asarray(fro2), rtol=1e-5)
+  # Its gradient reaches the encoder (second-order autodiff), not the decoder.
+  grads = jax.grad(lambda p: jnp.mean(objectives.contractive_penalty(
+      lambda xi: model.apply({"params": p}, xi[None], method="encode")[0], batch["input"][0])))(state.params)
+  assert np.abs(grads["encoder"]["conv0"]["kernel"]).max() > 0
+  assert all(np.all(g == 0) for g in jax.tree.leaves(grads["decoder"]))
+
+
+def _fake_vq(codebook):
+  """A stand-in model: encode = w * x on a 2x1 grid of 2-d vectors, decoder logits = its sum."""
+  def apply_fn(variables, x, method):
+    p = variables["params"]
+    if method == "encode":
+      return p["w"] * x
+    if method == "quantize":
+      d = jnp.sum((x[..., None, :] - p["codebook"]) ** 2, -1)
+      codes = jnp.argmin(d, -1)
+      return p["codebook"][codes], codes
+    if method == "latent_logits":
+      return jnp.sum(x, axis=(1, 2, 3))[:, None, None, None] * jnp.ones((1, 2, 2, 1))
+    raise ValueError(method)
+  return apply_fn, {"w": jnp.asarray(1.5), "codebook": jnp.asarray(codebook, jnp.float32)}
+
+
+def test_vq_straight_through_gradient_and_codebook_loss_by_hand():
+  codebook = np.array([[0.0, 0.0], [1.0, 1.0], [0.2, -0.4]])
+  apply_fn, params = _fake_vq(codebook)
+  x = np.array([[[[0.1, 0.2]], [[0.5, 0.6]]]], np.float32)  # [B=1, 2, 1, 2]
+  batch = {"image": np.full((1, 2, 2, 1), 0.3, np.float32), "input": x, "position": jnp.arange(1)}
+  fn = functools.partial(objectives.vqvae, apply_fn=apply_fn, loss="mse", commitment=0.25, ema=False)
+  loss, grads = jax.value_and_grad(lambda p: jnp.mean(fn(p, batch, None)[0]))(params)
+  z_e = 1.5 * x.astype(np.float64)  # [[0.15, 0.3], [0.75, 0.9]] -> codes 0 and 1
+  z_q = codebook[[0, 1]]
+  s = z_q.sum()  # the decoder sees z_q's values (straight through)
+  pred = 1 / (1 + np.exp(-s))
+  recon = (pred - 0.3) ** 2
+  sq = np.mean((z_e.reshape(2, 2) - z_q) ** 2)
+  np.testing.assert_allclose(loss, recon + 0.25 * sq + sq, rtol=1e-6)
+  # d/dw: the reconstruction gradient w.r.t. z_q passed to z_e unchanged, plus the commitment term.
+  d_recon_ds = 2 * (pred - 0.3) * pred * (1 - pred)
+  d_commit_dze = 0.25 * 2 * (z_e.reshape(2, 2) - z_q) / 4
+  dw = np.sum((d_recon_ds + d_commit_dze) * x.reshape(2, 2))
+  np.testing.assert_allclose(grads["w"], dw, rtol=1e-5)
+  # The codes move towards their vectors (codebook loss); the unused code gets no gradient.
+  d_code = 2 * (z_q - z_e.reshape(2, 2)) / 4
+  np.testing.assert_allclose(grads["codebook"][:2], d_code, rtol=1e-5)
+  assert np.all(grads["codebook"][2] == 0)
+
+
+def test_vq_ema_codebook_update_by_hand():
+  codebook = np.array([[0.0, 0.0], [1.0, 1.0], [0.2, -0.4]])
+  apply_fn, params = _fake_vq(codebook)
+  x = np.array([[[[0.1, 0.2]], [[0.5, 0.6]]], [[[0.7, 0.8]], [[0.0, 0.1]]]], np.float32)  # B=2
+  batch = {"image": np.zeros((2, 2, 2, 1), np.float32), "input": x, "position": jnp.arange(2)}
+  fn = functools.partial(objectives.vqvae, apply_fn=apply_fn, loss="mse", commitment=0.25, ema=True)
+  (_, m), grads = jax.value_and_grad(lambda p: (lambda lb, mb: (jnp.mean(lb), mb))(*fn(p, batch, None)),
+                                     has_aux=True)(params)
+  assert np.all(grads["codebook"] == 0)  # with EMA the codes get no gradient
+  stats = jax.tree.map(lambda v: jnp.sum(v, 0), m[objectives.OPTIMIZER_ARGS])
+  z = 1.5 * x.reshape(4, 2).astype(np.float64)  # codes: 0, 1, 1, 0
+  np.testing.assert_allclose(stats["vq_counts"], [2, 2, 0])
+  np.testing.assert_allclose(stats["vq_sums"], [z[0] + z[3], z[1] + z[2], [0, 0]], rtol=1e-6)
+  tx = objectives.vq_ema(0.9, epsilon=1e-5)
+  opt = tx.init(params)
+  updates, opt = tx.update({"w": 0.0, "codebook": jnp.zeros(3)}, opt, params, **stats)
+  size = 0.9 * 1 + 0.1 * np.array([2, 2, 0])
+  embed = 0.9 * codebook + 0.1 * np.asarray(stats["vq_sums"])
+  n = size.sum()
+  new = embed / ((size + 1e-5) / (n + 3e-5) * n)[:, None]
+  np.testing.assert_allclose(optax.apply_updates(params, updates)["codebook"], new, rtol=1e-5)
+  np.testing.assert_allclose(opt.cluster_size, size, rtol=1e-6)
+
+
+def test_vqvae_ema_train_step_moves_codes_to_the_mean_of_their_vectors():
+  cfg, model, state, batch = _setup("vqvae", **{"vq.ema_decay": 0.5})
+  step = jax.jit(functools.partial(train.train_step, objective=objectives.from_config(cfg, model.apply)))
+  new, m = step(state, {"image": batch["image"]}, jax.random.key(0))
+  chex.assert_trees_all_equal_shapes(new.params, state.params)
+  z = model.apply({"params": state.params}, batch["image"], method="encode")
+  _, codes = model.apply({"params": state.params}, z, method="quantize")
+  codes, z = np.asarray(codes).ravel(), np.asarray(z).reshape(-1, MODEL["latent_dim"])
+  for k in np.unique(codes):
+    n_k, s_k = np.sum(codes == k), z[codes == k].sum(0)
+    # N = .5 + .5 n_k, m = .5 e_k + .5 s_k (before smoothing, which moves it by ~1e-5)
+    want = (0.5 * np.asarray(state.params["codebook"][k]) + 0.5 * s_k) / (0.5 + 0.5 * n_k)
+    np.testing.assert_allclose(new.params["codebook"][k], want, rtol=1e-3, atol=1e-5)
+  assert "optimizer_args" not in m and {"loss", "mse", "commitment"} <= set(m)
+
+
+@pytest.mark.parametrize("objective", objectives.NAMES)
+def test_every_objective_composes_with_corruption_binarisation_and_eval(objective):
+  cfg, model, state, batch = _setup(objective)
+  fn = objectives.from_config(cfg, model.apply)
+  corrupt = functools.partial(noise.masking, nu=0.3)
+  step = jax.jit(functools.partial(train.train_step, objective=fn, corrupt=corrupt, binarize=True))
+  new, m = step(state, {"image": batch["image"]}, jax.random.key(0))
+  assert np.isfinite(float(m["loss"])) and int(new.step) == 1
+  ev = jax.jit(functools.partial(train.eval_step, objective=fn, corrupt=corrupt, binarize=True))(
+      new.params, {"image": batch["image"], "mask": np.array([1, 1, 1, 0], bool), "position": np.arange(4)},
+      jax.random.key(1))
+  assert {"loss", "recon_mse", "corruption_mse", "recon_from_clean_mse"} <= set(ev)
+  assert "optimizer_args" not in ev
+
+
+def test_binarisation_depends_on_step_key_and_index_only():
+  x = jnp.full((3, 4, 4, 1), 0.3)
+  a = objectives.binarize(jax.random.key(0), x, jnp.arange(3))
+  b = objectives.binarize(jax.random.key(0), x[1:], jnp.arange(1, 3))
+  np.testing.assert_array_equal(a[1:], b)  # example i gets the same draw wherever it sits
+  assert set(np.unique(a)) <= {0.0, 1.0}
+  big = objectives.binarize(jax.random.key(1), jnp.full((1, 100, 100, 1), 0.3), jnp.arange(1))
+  assert abs(float(big.mean()) - 0.3) < 0.02
+  assert not np.array_equal(a, objectives.binarize(jax.random.key(2), x, jnp.arange(3)))
