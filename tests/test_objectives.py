@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from ae_jax import config as config_lib
-from ae_jax import models, noise, objectives, train
+from ae_jax import models, noise, objectives, parallel, train
 from test_train import MODEL, _conv_same, _np
 
 B = 4
@@ -259,16 +259,20 @@ def test_vqvae_ema_train_step_moves_codes_to_the_mean_of_their_vectors():
 
 
 @pytest.mark.parametrize("objective", objectives.NAMES)
-def test_every_objective_composes_with_corruption_binarisation_and_eval(objective):
-  cfg, model, state, batch = _setup(objective)
+def test_every_objective_composes_with_corruption_binarisation_bf16_and_scan(objective):
+  cfg, _, state, batch = _setup(objective, **{"vq.ema_decay": 0.9})
+  model = models.Autoencoder(**MODEL, latent=models.LATENT_OF_OBJECTIVE.get(objective, "dense"),
+                             num_codes=5, dtype=jnp.bfloat16)  # the same params, bf16 compute
   fn = objectives.from_config(cfg, model.apply)
   corrupt = functools.partial(noise.masking, nu=0.3)
-  step = jax.jit(functools.partial(train.train_step, objective=fn, corrupt=corrupt, binarize=True))
-  new, m = step(state, {"image": batch["image"]}, jax.random.key(0))
-  assert np.isfinite(float(m["loss"])) and int(new.step) == 1
+  place = parallel.placement("jit", tuple(jax.devices()[:1]), B)
+  step = place.compile(functools.partial(train.train_step, objective=fn, corrupt=corrupt, binarize=True))
+  images = np.stack([batch["image"], batch["image"][::-1]])  # 2 steps in one compiled call (lax.scan)
+  new, m = step(place.put_state(state), place.put_batches({"image": images}), jax.random.key(0), None)
+  assert np.all(np.isfinite(np.asarray(m["loss"]))) and int(new.step) == 2
   ev = jax.jit(functools.partial(train.eval_step, objective=fn, corrupt=corrupt, binarize=True))(
-      new.params, {"image": batch["image"], "mask": np.array([1, 1, 1, 0], bool), "position": np.arange(4)},
-      jax.random.key(1))
+      place.get_state(new).params, {"image": batch["image"], "mask": np.array([1, 1, 1, 0], bool),
+                                    "position": np.arange(4)}, jax.random.key(1))
   assert {"loss", "recon_mse", "corruption_mse", "recon_from_clean_mse"} <= set(ev)
   assert "optimizer_args" not in ev
 
