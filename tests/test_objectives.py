@@ -134,10 +134,10 @@ def test_iwae_bound_is_the_log_mean_exp_of_the_weights():
   # More samples: a tighter bound on average.
   cfg, model, state, batch = _setup("iwae")
   bounds = {}
-  for k in (1, 50):
+  for k in (1, 20):
     fn = jax.jit(objectives.from_config(_setup("iwae", **{"vae.num_samples": k})[0], model.apply))
     bounds[k] = np.mean(fn(state.params, batch, jax.random.key(2))[1]["iwae_bound"])
-  assert bounds[50] > bounds[1]
+  assert bounds[20] > bounds[1]
 
 
 def test_sparse_penalties_by_hand():
