@@ -15,6 +15,10 @@ from ae_jax import data  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Decoded-TFDS caches of this session (and of the runs it starts) stay out of the user's ~/.cache.
 os.environ["AE_JAX_CACHE"] = tempfile.mkdtemp(prefix="ae_jax_cache_")
+# The in-process tests share JAX's persistent compilation cache with the runs they start, as the
+# entry points do: tests that build the same small programs compile them once per session.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["AE_JAX_CACHE"], "jax"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 SHARED_MNIST = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
 
 
