@@ -140,13 +140,13 @@ def test_final_eval_reports_every_number_for_each_latent(objective, tmp_path, mo
 
 def test_compare_trains_members_and_writes_the_table(tmp_path):
   cmd = [sys.executable, "-m", "experiments.compare", "--workdir", str(tmp_path),
-         "--members=vae,ae", "--data_source=embedded", "--train_size=128", "--test_size=60",
+         "--members=ae,vae", "--data_source=embedded", "--train_size=128", "--test_size=60",
          "--num_epochs=1", "--batch_size=64", "--nll_samples=4", "--num_samples=100",
          "--speed_steps=1", "--speed_rounds=1"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "compare.json").read_text())["members"]
-  assert list(result) == ["vae", "ae"]
+  assert list(result) == ["ae", "vae"]
   for r in result.values():
     assert np.isfinite(r["frechet_distance"]) and r["frechet_distance"] > r["frechet_floor"] > 0
     assert 0 < r["ssim"] <= 1 and 0 <= r["knn_accuracy"] <= 1 and r["images_per_sec"] > 0
