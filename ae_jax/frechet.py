@@ -93,8 +93,14 @@ def features(model: Classifier, params: dict, images_NHWC: np.ndarray, batch_siz
                                                                 batch_size)])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(model, params, x):
+  return model.apply({"params": params}, x)
+
+
 def accuracy(model: Classifier, params: dict, images_NHWC, labels_N) -> float:
-  logits = np.concatenate([np.asarray(jax.jit(model.apply)({"params": params}, x))[:valid]
+  """Test accuracy of the classifier (reported beside the distances it measures)."""
+  logits = np.concatenate([np.asarray(_logits(model, params, x))[:valid]
                            for _, x, valid in data.padded_batches(np.asarray(images_NHWC, np.float32),
                                                                   1000)])
   return float(np.mean(logits.argmax(-1) == np.asarray(labels_N)))

@@ -454,6 +454,18 @@ def _record_eval(workdir: str, writer, result: dict, model, params, ds, corrupt,
                    if k.endswith(("mse", "psnr", "loss", "elbo", "kl", "nll", "ssim", "distance", "floor"))))
 
 
+def _epoch_eval(workdir: str, config, writer, eval_fn, model, params, ds, corrupt, eval_key, call: Call,
+                final: bool) -> dict:
+  """The end-of-epoch eval (and, at the last step, evaluation.final), recorded by the chief."""
+  result = evaluate(eval_fn, params, ds.test_x, eval_key, config.eval_batch_size)
+  result.update(step=call.end, epoch=call.epoch + 1)
+  if final:
+    result.update(evaluation.final(model, params, config, ds, eval_key))
+  if writer:  # the chief
+    _record_eval(workdir, writer, result, model, params, ds, corrupt, eval_key, config.num_images)
+  return result
+
+
 def _save_pictures(workdir: str, model, params, ds: data.Dataset, corrupt, eval_key, n: int):
   index = np.linspace(0, len(ds.test_x) - 1, min(n, len(ds.test_x))).astype(np.int32)
   x = ds.test_x[index]
@@ -560,14 +572,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           continue
         host_state = place.get_state(dstate)
         if call.epoch_done:
-          params = eval_params(host_state)
-          last_eval = evaluate(eval_fn, params, ds.test_x, keys["eval"], config.eval_batch_size)
-          last_eval.update(step=call.end, epoch=call.epoch + 1)
-          if chief and last and config.eval.final:
-            last_eval.update(evaluation.final(model, params, config, ds, keys["eval"]))
-          if chief:
-            _record_eval(workdir, writer, last_eval, model, params, ds, corrupt, keys["eval"],
-                         config.num_images)
+          last_eval = _epoch_eval(workdir, config, writer, eval_fn, model, eval_params(host_state), ds,
+                                  corrupt, keys["eval"], call, final=chief and last and config.eval.final)
           window.restart_clock()  # eval time is not training throughput
         checkpoint.save(mngr, call.end, host_state,
                         _checkpoint_meta(call.end, schedule, window, config))
