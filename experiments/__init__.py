@@ -3,7 +3,9 @@
 import ctypes
 import os
 import signal
+import statistics
 import sys
+import time
 
 _FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # glibc's mallopt parameters (malloc.h).
@@ -43,6 +45,21 @@ def use_fast_cpu_settings(keep_memory: bool = True) -> bool:
   if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=".strip()
   return keep_memory and keep_freed_memory()
+
+
+def matmul_gflops(n: int = 2048) -> float:
+  """Median float32 GFLOP/s of one jitted n x n matmul on the default device."""
+  import jax  # only here: importing experiments must not start JAX
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  mm = jax.jit(lambda a, b: a @ b)
+  mm(a, a).block_until_ready()
+  rates = []
+  for _ in range(5):
+    t = time.perf_counter()
+    mm(a, a).block_until_ready()
+    rates.append(2 * n**3 / (time.perf_counter() - t) / 1e9)
+  return statistics.median(rates)
 
 
 def _exit_now(signum, frame):

@@ -67,19 +67,6 @@ def train_flops_per_image(model: models.Autoencoder) -> float:
   return 2.0 * macs * 3
 
 
-def matmul_gflops(n: int = 2048) -> float:
-  """Median float32 GFLOP/s of one jitted n x n matmul on the default device."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  mm = jax.jit(lambda a, b: a @ b)
-  mm(a, a).block_until_ready()
-  rates = []
-  for _ in range(5):
-    t = time.perf_counter()
-    mm(a, a).block_until_ready()
-    rates.append(2 * n**3 / (time.perf_counter() - t) / 1e9)
-  return statistics.median(rates)
-
-
 def minor_faults() -> int:
   """Page faults served without I/O so far in this process: touching freshly mapped memory."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -237,7 +224,7 @@ def main(argv):
   del argv
   kept = experiments.use_fast_cpu_settings(_KEEP.value)  # before JAX's first op, which reads XLA_FLAGS
   check_flags()
-  peak = matmul_gflops()
+  peak = experiments.matmul_gflops()
   emit({"matmul_gflops": round(peak, 1), "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "keep_freed_memory": kept,
         "device": str(jax.local_devices()[0].device_kind), "jax": jax.__version__,

@@ -1,0 +1,92 @@
+"""What GPU and TPU users run lowers for them: jax.export of every objective's steps, no accelerator.
+
+jax.export lowers for a platform this machine does not have and refuses custom
+calls without a stability guarantee (a host callback, a CPU-only kernel), so a
+step that exports for 'cuda' and 'tpu' holds nothing CPU-only. pmap cannot be
+exported (jax.export takes jit only); its step function is the one exported here.
+"""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from ae_jax import config as config_lib
+from ae_jax import layers, models, noise, objectives, parallel, train
+
+ACCELERATORS = ("cuda", "tpu")
+B = 8
+
+
+def _config(objective):
+  cfg = config_lib.get_default()
+  cfg.objective, cfg.noise.kind, cfg.batch_size = objective, "masking", B
+  cfg.data.binarize = "dynamic" if objective in ("vae", "iwae") else None
+  cfg.vq.ema_decay = 0.99 if objective == "vqvae" else None
+  # What 'auto' resolves to on the accelerators; it must resolve the same on both.
+  impl, k = {layers.resolve("auto", p) for p in ACCELERATORS}, {
+      train.resolve_steps_per_call(None, p) for p in ACCELERATORS}
+  assert len(impl) == 1 and len(k) == 1
+  cfg.conv_impl, cfg.steps_per_call = impl.pop(), k.pop()
+  return cfg
+
+
+def _steps(cfg, devices):
+  """The train step as train_and_evaluate compiles it (data on device), the eval step, and their args."""
+  model = models.from_config(cfg, (28, 28, 1))
+  objective = objectives.from_config(cfg, model.apply)
+  corrupt = noise.corruption_fn(cfg.noise)
+  binarize = cfg.data.binarize == "dynamic"
+  place = parallel.placement("mesh", devices, B)
+  step = place.compile(functools.partial(train.train_step, objective=objective, corrupt=corrupt,
+                                         binarize=binarize))
+  eval_fn = jax.jit(functools.partial(train.eval_step, objective=objective, corrupt=corrupt,
+                                      binarize=binarize))
+  state = place.put_state(train.create_train_state(model, cfg, jax.random.key(0)))
+  table = place.put_table({"image": np.zeros((32, 28, 28, 1), np.float32)})
+  rows = np.arange(cfg.steps_per_call * B, dtype=np.int32).reshape(cfg.steps_per_call, B)
+  train_args = (state, place.put_batches({"index": rows}), jax.random.key(1), table)
+  eval_args = (place.get_state(state).params, {"image": np.zeros((B, 28, 28, 1), np.float32),
+                                               "mask": np.ones(B, bool), "position": np.arange(B)},
+               jax.random.key(2))
+  return (step, train_args), (eval_fn, eval_args)
+
+
+@pytest.mark.parametrize("objective", objectives.NAMES)
+def test_train_and_eval_steps_export_for_gpu_and_tpu(objective):
+  cfg = _config(objective)
+  for devices in (tuple(jax.devices()[:1]), tuple(jax.devices())):  # jit, and mesh over 4 devices
+    for fn, args in _steps(cfg, devices):
+      exported = jax.export.export(fn, platforms=ACCELERATORS)(*args)
+      assert exported.platforms == ACCELERATORS and exported.nr_devices == len(devices)
+      assert len(exported.serialize()) > 0
+  assert cfg.conv_impl == "xla"  # XLA's own conv: cuDNN, TPU convs
+
+
+def test_a_host_callback_in_the_step_would_fail_the_export():
+  # The check above can fail: the same train step with a host callback inside does not export.
+  cfg = _config("ae")
+  model = models.from_config(cfg, (28, 28, 1))
+  inner = objectives.from_config(cfg, model.apply)
+
+  def objective(params, batch, key):
+    loss_B, metrics_B = inner(params, batch, key)
+    jax.debug.callback(lambda x: None, loss_B)
+    return loss_B, metrics_B
+
+  place = parallel.placement("jit", tuple(jax.devices()[:1]), B)
+  step = place.compile(functools.partial(train.train_step, objective=objective))
+  state = place.put_state(train.create_train_state(model, cfg, jax.random.key(0)))
+  batches = place.put_batches({"image": np.zeros((1, B, 28, 28, 1), np.float32)})
+  with pytest.raises(ValueError, match="custom call"):
+    jax.export.export(step, platforms=ACCELERATORS)(state, batches, jax.random.key(1), None)
+
+
+def test_auto_settings_resolve_per_platform():
+  assert layers.resolve("auto", "cpu") == "subpixel"
+  assert layers.resolve("auto", "cuda") == layers.resolve("auto", "tpu") == "xla"
+  assert train.resolve_steps_per_call(None, "cpu") == 1
+  assert train.resolve_steps_per_call(None, "cuda") == train.resolve_steps_per_call(None, "tpu") == 1
+  assert train.resolve_steps_per_call(4, "cpu") == 4
+  assert models.from_config(_config("ae"), (28, 28, 1)).conv_impl == "xla"
