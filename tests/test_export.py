@@ -28,7 +28,7 @@ def _config(objective):
   impl, k = {layers.resolve("auto", p) for p in ACCELERATORS}, {
       train.resolve_steps_per_call(None, p) for p in ACCELERATORS}
   assert len(impl) == 1 and len(k) == 1
-  cfg.conv_impl, cfg.steps_per_call = impl.pop(), k.pop()
+  cfg.model.conv_impl, cfg.steps_per_call = impl.pop(), k.pop()
   return cfg
 
 
@@ -57,11 +57,12 @@ def _steps(cfg, devices):
 def test_train_and_eval_steps_export_for_gpu_and_tpu(objective):
   cfg = _config(objective)
   for devices in (tuple(jax.devices()[:1]), tuple(jax.devices())):  # jit, and mesh over 4 devices
-    for fn, args in _steps(cfg, devices):
-      exported = jax.export.export(fn, platforms=ACCELERATORS)(*args)
-      assert exported.platforms == ACCELERATORS and exported.nr_devices == len(devices)
-      assert len(exported.serialize()) > 0
-  assert cfg.conv_impl == "xla"  # XLA's own conv: cuDNN, TPU convs
+    (step, train_args), (eval_fn, eval_args) = _steps(cfg, devices)
+    exported = jax.export.export(step, platforms=list(ACCELERATORS))(*train_args)
+    assert exported.platforms == ACCELERATORS and exported.nr_devices == len(devices)
+    assert "lhs_dilate = [2, 2]" in exported.mlir_module()  # conv_impl xla: XLA's transposed convs
+  exported = jax.export.export(eval_fn, platforms=list(ACCELERATORS))(*eval_args)  # eval: one device
+  assert exported.platforms == ACCELERATORS and exported.nr_devices == 1
 
 
 def test_a_host_callback_in_the_step_would_fail_the_export():
@@ -79,8 +80,9 @@ def test_a_host_callback_in_the_step_would_fail_the_export():
   step = place.compile(functools.partial(train.train_step, objective=objective))
   state = place.put_state(train.create_train_state(model, cfg, jax.random.key(0)))
   batches = place.put_batches({"image": np.zeros((1, B, 28, 28, 1), np.float32)})
-  with pytest.raises(ValueError, match="custom call"):
-    jax.export.export(step, platforms=ACCELERATORS)(state, batches, jax.random.key(1), None)
+  for platform in ACCELERATORS:  # one at a time: jax 0.10 fails to lower callbacks for two at once
+    with pytest.raises(ValueError, match="custom call|lowering platform"):
+      jax.export.export(step, platforms=[platform])(state, batches, jax.random.key(1), None)
 
 
 def test_auto_settings_resolve_per_platform():
