@@ -431,6 +431,12 @@ def _read_back(pending: list, place, window: LogWindow, mngr) -> None:
     window.add(m)
 
 
+def _report_first_step(device_metrics, started: float) -> None:
+  """What a user waits before training runs (checks, data, restore, compile): one sync, once."""
+  jax.block_until_ready(device_metrics)
+  report("first step done %.1f s after train_and_evaluate started", time.perf_counter() - started)
+
+
 def _log_progress(writer, window: LogWindow, step: int, schedule: Schedule) -> None:
   means, steps_per_s = window.flush()
   rate = steps_per_s * schedule.batch_size
@@ -501,6 +507,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Raises Preempted after checkpointing if SIGTERM/SIGINT arrives (in any process).
   """
   # Prepare: every check, then the restore; nothing is written until all passed.
+  started = time.perf_counter()
   config_lib.validate(config)
   check_workdir(workdir)
   devices = parallel.select_devices(config.num_devices if config.parallel != "jit" else 1,
@@ -557,6 +564,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         rows = call.indices_KB[:, place.local_rows]  # this process's rows of each global batch
         batches = {"index": rows} if table is not None else {"image": ds.train_x[rows]}
         dstate, device_metrics = step(dstate, place.put_batches(batches), keys["train"], table)
+        if calls == 1 and chief:
+          _report_first_step(device_metrics, started)
         pending.append((call.start, device_metrics))
         stopping = stop.due(calls)
         last = call.end == schedule.total_steps

@@ -34,6 +34,7 @@ import numpy as np
 from ae_jax import config as config_lib
 from ae_jax import layers, models, noise, objectives, parallel, train
 import experiments
+from experiments import keras_epoch
 
 _MODELS = flags.DEFINE_list("models", ["ae", "dae"], "ae and/or dae.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["32", "128", "1024"], "Batch sizes.")
@@ -138,30 +139,11 @@ def bench_jax(kind: str, batch: int, impl: str, k: int, dtype: str, peak_gflops:
           "backend": jax.default_backend(), "device": str(jax.local_devices()[0].device_kind)}
 
 
-def keras_reference(latent_dim: int = 16):
-  """The reference description's Keras model, verbatim in structure (Keras 3 functional API)."""
-  import keras
-  from keras import layers as kl
-  inputs = keras.Input(shape=(28, 28, 1))
-  x = kl.Conv2D(32, 3, activation="relu", strides=2, padding="same")(inputs)
-  x = kl.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)
-  x = kl.Flatten()(x)
-  latent = kl.Dense(latent_dim)(x)
-  x = kl.Dense(7 * 7 * 64)(latent)
-  x = kl.Reshape((7, 7, 64))(x)
-  x = kl.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)
-  x = kl.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)
-  outputs = kl.Conv2DTranspose(1, 3, activation="sigmoid", padding="same")(x)
-  model = keras.Model(inputs, outputs)
-  model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-  return model
-
-
 def bench_keras(kind: str, batch: int, peak_gflops: float) -> dict:
   import keras
   import tensorflow as tf
   keras.utils.set_random_seed(0)
-  model = keras_reference()
+  model = keras_epoch.keras_reference()
   rng = np.random.default_rng(0)
   clean = rng.random((batch * 8, 28, 28, 1), np.float32)
   inputs = clean if kind == "ae" else np.clip(clean + rng.normal(0.5, 0.5, clean.shape), 0, 1).astype(

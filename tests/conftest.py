@@ -5,6 +5,14 @@ import tempfile
 
 import jax
 
+# XLA:CPU compiles at LLVM -O0: the suite compiles hundreds of small programs and runs
+# each a few times, so compiling dominates it (tests/test_objectives.py: 83 s at the
+# default level, 48 s at 0). The ops and dtypes are the same; the loops are less optimised,
+# and a reduction may round differently in the last bits, within every tolerance here.
+# Runs the suite compares with each other all run at this level: it is read at backend
+# start and the processes the tests launch inherit it. A level set by the caller is kept.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 # Must run before any backend is initialised; single-device code still uses device 0.
 jax.config.update("jax_num_cpu_devices", 4)
 
