@@ -29,10 +29,16 @@ import time
 
 from absl import app, flags
 
-_DATA = flags.DEFINE_string("data_dir", None, "MNIST IDX folder (data.source='idx').")
-_BATCHES = flags.DEFINE_list("batch_sizes", ["128", "32"], "Batch sizes.")
-_PAIRS = flags.DEFINE_integer("pairs", 3, "Keras/ae_jax pairs per batch size.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Scratch folder (default: a new temporary one).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Only when run: tests import this module beside entry points that define the same names."""
+  flags.DEFINE_string("data_dir", None, "MNIST IDX folder (data.source='idx').")
+  flags.DEFINE_list("batch_sizes", ["128", "32"], "Batch sizes.")
+  flags.DEFINE_integer("pairs", 3, "Keras/ae_jax pairs per batch size.")
+  flags.DEFINE_string("workdir", None, "Scratch folder (default: a new temporary one).")
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _FIRST = re.compile(r"first step done")
@@ -123,22 +129,22 @@ def table(summaries: list[dict]) -> str:
 def check_flags() -> list[int]:
   if importlib.util.find_spec("keras") is None:
     raise app.UsageError("Keras is not installed; pip install -e '.[bench]'")
-  if not _DATA.value or not os.path.isdir(_DATA.value):
-    raise app.UsageError(f"--data_dir={_DATA.value!r}: expected a folder of MNIST IDX files")
-  if _PAIRS.value <= 0:
-    raise app.UsageError(f"--pairs={_PAIRS.value}: expected a positive integer")
-  for b in _BATCHES.value:
+  if not FLAGS.data_dir or not os.path.isdir(FLAGS.data_dir):
+    raise app.UsageError(f"--data_dir={FLAGS.data_dir!r}: expected a folder of MNIST IDX files")
+  if FLAGS.pairs <= 0:
+    raise app.UsageError(f"--pairs={FLAGS.pairs}: expected a positive integer")
+  for b in FLAGS.batch_sizes:
     if not b.isdigit() or int(b) <= 0:
       raise app.UsageError(f"--batch_sizes: {b!r}: expected positive integers")
-  return [int(b) for b in _BATCHES.value]
+  return [int(b) for b in FLAGS.batch_sizes]
 
 
 def main(argv):
   del argv
   batches = check_flags()
   from ae_jax import data  # noqa: F401  (after the checks: imports JAX)
-  train_x, _, test_x, _ = data.load_idx(_DATA.value)
-  workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="whole_process_")
+  train_x, _, test_x, _ = data.load_idx(FLAGS.data_dir)
+  workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="whole_process_")
   os.makedirs(workdir, exist_ok=True)
   npz = os.path.join(workdir, "mnist.npz")
   import numpy as np
@@ -147,9 +153,9 @@ def main(argv):
         flush=True)
   records = []
   for batch in batches:
-    for _ in range(_PAIRS.value):
+    for _ in range(FLAGS.pairs):
       for run in (keras_run(npz, batch, workdir, len(train_x)),
-                  ae_jax_run(_DATA.value, batch, workdir, len(train_x))):
+                  ae_jax_run(FLAGS.data_dir, batch, workdir, len(train_x))):
         records.append(run)
         print(json.dumps(run), flush=True)
   summaries = [summary(records, b) for b in batches]
@@ -159,4 +165,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   sys.exit(app.run(main))
