@@ -26,7 +26,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-IMPLS = ("xla", "subpixel", "matmul")
+IMPLS = ("xla", "subpixel", "matmul", "mixed")
 
 # Per-backend conv implementation for conv_impl='auto', from
 # `python -m experiments.benchmark` (numbers in experiments/BENCHMARKS.md). On the 2-core
@@ -131,8 +131,71 @@ class ConvTranspose(nn.Module):
     return y + bias
 
 
+def _subpixel_conv_transpose(x, kernel, strides: tuple[int, int]) -> jax.Array:
+  """lax.conv_transpose(x, kernel, strides, 'SAME') as one stride-1 conv per output phase."""
+  (kh, kw, _, c_out), (sh, sw) = kernel.shape, strides
+  b, h, w, _ = x.shape
+
+  # Output s*i + r reads input i + d through tap t where d = (r + t - pad_lo) / s.
+  def taps(k, s, pad_lo):
+    return [(r, t, (r + t - pad_lo) // s) for r in range(s) for t in range(k) if (r + t - pad_lo) % s == 0]
+  th = taps(kh, sh, _same_transpose_padding(kh, sh))
+  tw = taps(kw, sw, _same_transpose_padding(kw, sw))
+  phases = []
+  for rh in range(sh):
+    for rw in range(sw):
+      hs = [(t, d) for r, t, d in th if r == rh]
+      ws = [(t, d) for r, t, d in tw if r == rw]
+      if not hs or not ws:  # no tap reaches this phase (kernel smaller than stride)
+        phases.append(jnp.zeros((b, h, w, c_out), x.dtype))
+        continue
+      # Taps in increasing offset d, the order a correlation's window reads them.
+      hs, ws = sorted(hs, key=lambda td: td[1]), sorted(ws, key=lambda td: td[1])
+      sub = kernel[jnp.array([t for t, _ in hs])][:, jnp.array([t for t, _ in ws])]
+      phases.append(lax.conv_general_dilated(
+          x, sub, (1, 1), ((-hs[0][1], hs[-1][1]), (-ws[0][1], ws[-1][1])),
+          dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  y = jnp.stack(phases, axis=3).reshape(b, h, w, sh, sw, c_out).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(b, h * sh, w * sw, c_out)
+
+
+def _xla_conv_transpose(x, kernel, strides: tuple[int, int]) -> jax.Array:
+  """What nn.ConvTranspose(padding='SAME') computes."""
+  return lax.conv_transpose(x, kernel, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_conv_transpose(x, kernel, strides: tuple[int, int]) -> jax.Array:
+  """A strided SAME transposed conv: the sub-pixel forward and kernel gradient, XLA's input gradient.
+
+  `python -m experiments.conv_ops` (batch 128, 2 cores, ms for the reference's two
+  stride-2 transposed convs, experiments/BENCHMARKS.md): the input gradient of
+  lax.conv_transpose is one strided conv, 1.3 / 3.0 ms against sub-pixel's 1.9 /
+  5.0; its kernel gradient is a dilated conv, 89 / 182 ms against sub-pixel's
+  2.1 / 6.4; the forward passes are 2.7 / 7.6 against 1.5 / 3.7.
+  """
+  return _subpixel_conv_transpose(x, kernel, strides)
+
+
+def _mixed_fwd(x, kernel, strides):
+  return _subpixel_conv_transpose(x, kernel, strides), (x, kernel)
+
+
+def _mixed_bwd(strides, residuals, dy):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _xla_conv_transpose(x, kernel, strides), x)[1](dy)[0]
+  dkernel = jax.vjp(lambda k: _subpixel_conv_transpose(x, k, strides), kernel)[1](dy)[0]
+  return dx, dkernel
+
+
+mixed_conv_transpose.defvjp(_mixed_fwd, _mixed_bwd)
+
+
 class SubpixelConvTranspose(nn.Module):
-  """nn.ConvTranspose(..., padding='SAME') as one stride-1 conv to s*s phases + depth-to-space."""
+  """nn.ConvTranspose(..., padding='SAME') as one stride-1 conv to s*s phases + depth-to-space.
+
+  mixed=True takes the input gradient from XLA's own transposed conv (mixed_conv_transpose).
+  """
 
   features: int
   kernel_size: Sequence[int]
@@ -141,39 +204,21 @@ class SubpixelConvTranspose(nn.Module):
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.linear.default_kernel_init
   bias_init: Any = nn.initializers.zeros_init()
+  mixed: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    (kh, kw), (sh, sw) = _pair(self.kernel_size), _pair(self.strides)
-    b, h, w, c_in = x_BHWC.shape
+    (kh, kw), strides = _pair(self.kernel_size), _pair(self.strides)
+    c_in = x_BHWC.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features), self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
-    # Output s*i + r reads input i + d through tap t where d = (r + t - pad_lo) / s.
-    def taps(k, s, pad_lo):
-      return [(r, t, (r + t - pad_lo) // s) for r in range(s) for t in range(k) if (r + t - pad_lo) % s == 0]
-    th = taps(kh, sh, _same_transpose_padding(kh, sh))
-    tw = taps(kw, sw, _same_transpose_padding(kw, sw))
-    phases = []
-    for rh in range(sh):
-      for rw in range(sw):
-        hs = [(t, d) for r, t, d in th if r == rh]
-        ws = [(t, d) for r, t, d in tw if r == rw]
-        if not hs or not ws:  # no tap reaches this phase (kernel smaller than stride)
-          phases.append(jnp.zeros((b, h, w, self.features), x.dtype))
-          continue
-        # Taps in increasing offset d, the order a correlation's window reads them.
-        hs, ws = sorted(hs, key=lambda td: td[1]), sorted(ws, key=lambda td: td[1])
-        sub = kernel[jnp.array([t for t, _ in hs])][:, jnp.array([t for t, _ in ws])]
-        phases.append(lax.conv_general_dilated(
-            x, sub, (1, 1), ((-hs[0][1], hs[-1][1]), (-ws[0][1], ws[-1][1])),
-            dimension_numbers=("NHWC", "HWIO", "NHWC")))
-    y = jnp.stack(phases, axis=3).reshape(b, h, w, sh, sw, self.features).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(b, h * sh, w * sw, self.features) + bias
+    fn = mixed_conv_transpose if self.mixed else _subpixel_conv_transpose
+    return fn(x, kernel, strides) + bias
 
 
 def conv(impl: str, features: int, kernel_size, strides, name: str, dtype=None) -> nn.Module:
-  """A SAME-padded conv: 'xla' and 'subpixel' give nn.Conv, 'matmul' gives Conv (im2col)."""
+  """A SAME-padded conv: 'matmul' gives Conv (im2col), the others nn.Conv."""
   impl = resolve(impl)
   if impl not in IMPLS:
     raise ValueError(f"conv_impl={impl!r}: expected one of {IMPLS} or 'auto'")
@@ -184,13 +229,19 @@ def conv(impl: str, features: int, kernel_size, strides, name: str, dtype=None) 
 def conv_transpose(impl: str, features: int, kernel_size, strides, name: str | None = None,
                    dtype=None) -> nn.Module:
   """A SAME-padded transposed conv: 'xla' nn.ConvTranspose, 'matmul' ConvTranspose (col2im),
-  'subpixel' SubpixelConvTranspose when strided (a stride-1 one is a plain conv already)."""
+  'subpixel' SubpixelConvTranspose when strided (a stride-1 one is a plain conv already);
+  'mixed' SubpixelConvTranspose(mixed=True) when strided, else ConvTranspose (the
+  reference's 1-channel output conv: 3.8 ms forward and both gradients as col2im
+  against 9.9 as XLA's conv, experiments/BENCHMARKS.md)."""
   impl = resolve(impl)
   if impl not in IMPLS:
     raise ValueError(f"conv_impl={impl!r}: expected one of {IMPLS} or 'auto'")
-  if impl == "subpixel" and _pair(strides) != (1, 1):
+  strided = _pair(strides) != (1, 1)
+  if impl == "mixed" and strided:
+    cls = functools.partial(SubpixelConvTranspose, mixed=True)
+  elif impl == "subpixel" and strided:
     cls = SubpixelConvTranspose
-  elif impl == "matmul":
+  elif impl in ("matmul", "mixed"):
     cls = ConvTranspose
   else:
     cls = functools.partial(nn.ConvTranspose, padding="SAME")

@@ -8,7 +8,7 @@ Runs `python -m experiments.keras_epoch` (Keras) and `python -m experiments.trai
 drift on a shared machine reaches both alike. For every run: wall seconds,
 seconds from launch to the first step done and from the last step done to exit
 (read from each process's output as it arrives), training images/s between the
-first and the last step, test MSE and peak resident memory (wait4's ru_maxrss).
+first and the last step, test MSE and peak resident memory (VmHWM).
 Then per batch size the median of the pairs' wall-time ratios Keras / ae_jax
 (above 1: ae_jax is faster). ae_jax's runs share one compilation cache folder in
 --workdir, so its first run compiles and the later ones read the cache, as a
@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from absl import app, flags
@@ -45,13 +46,34 @@ _FIRST = re.compile(r"first step done")
 _LAST = re.compile(r"step (\d+)/(\d+)")
 
 
+def _peak_rss_mib(pid: int) -> int | None:
+  """The process's peak resident memory since its exec (VmHWM), while it runs; Linux only."""
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM:"))
+  except (OSError, StopIteration, ValueError):
+    return None
+
+
 def run_timed(argv: list[str], log_path: str, env: dict | None = None) -> dict:
-  """Runs argv to its end; wall seconds, when its first and last steps were reported, peak RSS."""
+  """Runs argv to its end; wall seconds, when its first and last steps were reported, peak RSS.
+
+  Peak RSS is polled from /proc every 50 ms (wait4's ru_maxrss would count the
+  parent's pages the child shared between fork and exec).
+  """
   t0 = time.perf_counter()
   first = last = None
+  peak = [0]
   with open(log_path, "w") as log:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1, env=env, cwd=REPO)
+
+    def poll():
+      while proc.poll() is None:
+        peak[0] = max(peak[0], _peak_rss_mib(proc.pid) or 0)
+        time.sleep(0.05)
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
     for line in proc.stdout:
       now = time.perf_counter() - t0
       log.write(line)
@@ -60,15 +82,14 @@ def run_timed(argv: list[str], log_path: str, env: dict | None = None) -> dict:
       m = _LAST.search(line)
       if m and m.group(1) == m.group(2):
         last = now
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc.wait()
+    watcher.join()
   wall = time.perf_counter() - t0
-  proc.returncode = os.waitstatus_to_exitcode(status)
   if proc.returncode or first is None or last is None:
     raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}, first step "
                        f"{'seen' if first else 'never reported'}; see {log_path}")
   return {"wall_s": round(wall, 2), "to_first_step_s": round(first, 2),
-          "after_last_step_s": round(wall - last, 2), "train_s": last - first,
-          "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+          "after_last_step_s": round(wall - last, 2), "train_s": last - first, "peak_rss_mib": peak[0]}
 
 
 def keras_run(npz: str, batch: int, workdir: str, n_train: int) -> dict:

@@ -1,5 +1,7 @@
 """Fast conv layers: the same params as nn.Conv / nn.ConvTranspose, the same outputs and gradients."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -41,7 +43,9 @@ def test_conv_matches_nn_conv(h, w, cin, cout, k, s):
   _check_same(nn.Conv(cout, (k, k), strides=s, padding="SAME"), layers.Conv(cout, (k, k), strides=s), x)
 
 
-@pytest.mark.parametrize("impl", [layers.ConvTranspose, layers.SubpixelConvTranspose])
+@pytest.mark.parametrize("impl", [layers.ConvTranspose, layers.SubpixelConvTranspose,
+                                  functools.partial(layers.SubpixelConvTranspose, mixed=True)],
+                         ids=["matmul", "subpixel", "mixed"])
 @pytest.mark.parametrize("h,w,cin,cout,k,s", SHAPES)
 def test_conv_transpose_matches_nn_conv_transpose(impl, h, w, cin, cout, k, s):
   x = jax.random.uniform(jax.random.key(2), (2, h, w, cin))
@@ -49,7 +53,7 @@ def test_conv_transpose_matches_nn_conv_transpose(impl, h, w, cin, cout, k, s):
               impl(cout, (k, k), strides=s), x)
 
 
-@pytest.mark.parametrize("impl", ["subpixel", "matmul"])
+@pytest.mark.parametrize("impl", ["subpixel", "matmul", "mixed"])
 def test_autoencoder_impls_load_the_same_params_and_agree(impl):
   x = jax.random.uniform(jax.random.key(3), (4, 28, 28, 1))
   ref, fast = models.Autoencoder(conv_impl="xla"), models.Autoencoder(conv_impl=impl)
