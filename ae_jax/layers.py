@@ -30,13 +30,14 @@ IMPLS = ("xla", "subpixel", "matmul", "mixed")
 
 # Per-backend conv implementation for conv_impl='auto', from
 # `python -m experiments.benchmark` (numbers in experiments/BENCHMARKS.md). On the 2-core
-# XLA:CPU machine, reference AE train step at batch 128 / 32 (images/s):
-# xla 347 / 360, subpixel 1,540 / 2,070 (with XLA_FLAGS ynn fusion off),
-# matmul 600 / 1,860. The XLA path spends ~270 of ~370 ms of a batch-128 step
-# in the kernel gradients of the two stride-2 transposed convs (a dilated
-# convolution); 'subpixel' turns them into stride-1 convs. GPU/TPU: XLA's own
-# conv (cuDNN, TPU convs) has no such slow path, so 'xla' is kept there.
-AUTO_CONV_IMPL = {"cpu": "subpixel"}
+# XLA:CPU machine, reference AE train step at batch 128 / 32 (images/s, one invocation,
+# 2026-11-25): subpixel 2,959 / 2,565, mixed 3,137 / 2,881; earlier: xla 347 / 360,
+# matmul 600 / 1,860. The XLA path spends ~270 of ~370 ms of a batch-128 step in the
+# kernel gradients of the two stride-2 transposed convs (a dilated convolution);
+# 'subpixel' turns them into stride-1 convs, 'mixed' also keeps XLA's faster input
+# gradient and runs the 1-channel output conv as col2im (`python -m experiments.conv_ops`).
+# GPU/TPU: XLA's own conv (cuDNN, TPU convs) has no such slow path, so 'xla' is kept there.
+AUTO_CONV_IMPL = {"cpu": "mixed"}
 
 
 def resolve(conv_impl: str, platform: str | None = None) -> str:
