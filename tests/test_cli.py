@@ -54,3 +54,14 @@ def test_ctrl_c_at_any_moment_is_one_line_and_130(tmp_path, delay_s):
   assert "Traceback" not in err and "Segmentation fault" not in err and "Fatal Python" not in err
   errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
   assert len(errors) == 1 and errors[0].startswith("error: stopped by SIGINT"), err[-2000:]
+
+
+def test_start_up_imports_no_plotting_or_tensorflow():
+  # Matplotlib (~0.3 s) is imported when the first picture is drawn, TFDS and TensorFlow only
+  # for data.source='tfds': a run on IDX files, and code that imports ae_jax, never pay for them.
+  code = ("import sys, ae_jax, experiments.train, experiments.cli; print(sorted(m for m in "
+          "('matplotlib', 'tensorflow', 'tensorflow_datasets') if m in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "[]"

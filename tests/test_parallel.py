@@ -1,5 +1,7 @@
 """jit, pmap and mesh wrappers over one pure step agree with single-device training."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -12,6 +14,11 @@ STEPS, BATCH = 4, 16
 
 
 def _run(mode, devices, steps_per_call=1, kind="gaussian", on_device=False):
+  return _train(mode, devices, steps_per_call, kind, on_device)
+
+
+@functools.lru_cache  # tests that need the same run share it (e.g. jit with 2 steps per call)
+def _train(mode, devices, steps_per_call, kind, on_device):
   return wrapper_agreement.train_steps(mode, devices, STEPS, BATCH, steps_per_call, kind,
                                        on_device=on_device)
 
@@ -42,7 +49,7 @@ def test_wrappers_agree_with_single_device(single, mode):
 def test_scan_driver_agrees_with_per_step(single, mode):
   ref_state, ref_losses = single
   devices = tuple(jax.devices()[:1]) if mode == "jit" else tuple(jax.devices())
-  state, losses = _run(mode, devices, steps_per_call=2)
+  state, losses = _run(mode, devices, 2)
   assert metrics.relative_distance(state.params, ref_state.params) < 1e-5
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
 
