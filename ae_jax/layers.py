@@ -171,9 +171,9 @@ def mixed_conv_transpose(x, kernel, strides: tuple[int, int]) -> jax.Array:
 
   `python -m experiments.conv_ops` (batch 128, 2 cores, ms for the reference's two
   stride-2 transposed convs, experiments/BENCHMARKS.md): the input gradient of
-  lax.conv_transpose is one strided conv, 1.3 / 3.0 ms against sub-pixel's 1.9 /
-  5.0; its kernel gradient is a dilated conv, 89 / 182 ms against sub-pixel's
-  2.1 / 6.4; the forward passes are 2.7 / 7.6 against 1.5 / 3.7.
+  lax.conv_transpose is one strided conv, 1.24 / 2.59 ms against sub-pixel's 1.64 /
+  4.55; its kernel gradient is a dilated conv, 84 / 313 ms against sub-pixel's
+  1.78 / 5.95; the forward passes are 1.85 / 6.03 against 1.40 / 3.67.
   """
   return _subpixel_conv_transpose(x, kernel, strides)
 
@@ -232,8 +232,8 @@ def conv_transpose(impl: str, features: int, kernel_size, strides, name: str | N
   """A SAME-padded transposed conv: 'xla' nn.ConvTranspose, 'matmul' ConvTranspose (col2im),
   'subpixel' SubpixelConvTranspose when strided (a stride-1 one is a plain conv already);
   'mixed' SubpixelConvTranspose(mixed=True) when strided, else ConvTranspose (the
-  reference's 1-channel output conv: 3.8 ms forward and both gradients as col2im
-  against 9.9 as XLA's conv, experiments/BENCHMARKS.md)."""
+  reference's 1-channel output conv: 3.5 ms forward and both gradients as col2im
+  against 12.6 as XLA's conv at batch 128, experiments/BENCHMARKS.md)."""
   impl = resolve(impl)
   if impl not in IMPLS:
     raise ValueError(f"conv_impl={impl!r}: expected one of {IMPLS} or 'auto'")
