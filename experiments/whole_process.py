@@ -29,6 +29,7 @@ import threading
 import time
 
 from absl import app, flags
+import numpy as np
 
 FLAGS = flags.FLAGS
 
@@ -163,12 +164,11 @@ def check_flags() -> list[int]:
 def main(argv):
   del argv
   batches = check_flags()
-  from ae_jax import data  # noqa: F401  (after the checks: imports JAX)
+  from ae_jax import data  # after the checks: it imports JAX
   train_x, _, test_x, _ = data.load_idx(FLAGS.data_dir)
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="whole_process_")
   os.makedirs(workdir, exist_ok=True)
   npz = os.path.join(workdir, "mnist.npz")
-  import numpy as np
   np.savez(npz, x_train=train_x.reshape(-1, 28, 28), x_test=test_x.reshape(-1, 28, 28))
   print(json.dumps({"workdir": workdir, "python": sys.version.split()[0], "cpus": os.cpu_count()}),
         flush=True)
