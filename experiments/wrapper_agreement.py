@@ -19,11 +19,11 @@ distance = metrics.relative_distance
 
 _STEPS = flags.DEFINE_integer("steps", 4, "Train steps.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
-_IMPL = flags.DEFINE_enum("conv_impl", "xla", list(layers.IMPLS), "Conv implementation.")
+_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", *layers.IMPLS], "Conv implementation.")
 
 
 def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
-                steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "xla",
+                steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "auto",
                 on_device: bool = False, objective: str = "ae", binarize: bool = False):
   """(host state, per-step losses) after `steps` steps of the reference DAE (or `objective`,
   with the EMA codebook for vqvae) on fixed batches.
