@@ -116,7 +116,7 @@ def run_setting(setting: str) -> None:
       module = make(impl, op["c_out"], model.kernel_size, op["stride"], name="op")
       x = jax.random.uniform(jax.random.key(0), (batch, op["hw"], op["hw"], op["c_in"]), jnp.float32)
       params = module.init(jax.random.key(1), x)
-      y = module.apply(params, x)
+      y = jax.eval_shape(module.apply, params, x)
       dy = jax.random.normal(jax.random.key(2), y.shape, y.dtype)
       fns = _part_fns(module, params, x)
       for part in PARTS:

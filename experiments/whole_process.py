@@ -56,18 +56,19 @@ def _peak_rss_mib(pid: int) -> int | None:
     return None
 
 
-def run_timed(argv: list[str], log_path: str, env: dict | None = None) -> dict:
-  """Runs argv to its end; wall seconds, when its first and last steps were reported, peak RSS.
+def run_timed(argv: list[str], log_path: str) -> dict:
+  """Runs argv to its end; wall seconds, when its first and last ('step N/N') steps were reported,
+  N, and peak RSS.
 
   Peak RSS is polled from /proc every 50 ms (wait4's ru_maxrss would count the
   parent's pages the child shared between fork and exec).
   """
   t0 = time.perf_counter()
-  first = last = None
+  first = last = steps = None
   peak = [0]
   with open(log_path, "w") as log:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, env=env, cwd=REPO)
+                            bufsize=1, cwd=REPO)
 
     def poll():
       while proc.poll() is None:
@@ -82,7 +83,7 @@ def run_timed(argv: list[str], log_path: str, env: dict | None = None) -> dict:
         first = now
       m = _LAST.search(line)
       if m and m.group(1) == m.group(2):
-        last = now
+        last, steps = now, int(m.group(2))
     proc.wait()
     watcher.join()
   wall = time.perf_counter() - t0
@@ -90,18 +91,19 @@ def run_timed(argv: list[str], log_path: str, env: dict | None = None) -> dict:
     raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}, first step "
                        f"{'seen' if first else 'never reported'}; see {log_path}")
   return {"wall_s": round(wall, 2), "to_first_step_s": round(first, 2),
-          "after_last_step_s": round(wall - last, 2), "train_s": last - first, "peak_rss_mib": peak[0]}
+          "after_last_step_s": round(wall - last, 2), "train_s": last - first, "steps": steps,
+          "peak_rss_mib": peak[0]}
 
 
-def keras_run(npz: str, batch: int, workdir: str, n_train: int) -> dict:
+def keras_run(npz: str, batch: int, workdir: str) -> dict:
   argv = [sys.executable, "-m", "experiments.keras_epoch", f"--data={npz}", f"--batch_size={batch}"]
   log = os.path.join(workdir, f"keras_{batch}_{time.time_ns()}.log")
   r = run_timed(argv, log)
   result = json.loads(open(log).read().strip().splitlines()[-1])
-  return {"framework": "keras", **_finish(r, n_train, batch), "test_mse": result["test_mse"]}
+  return {"framework": "keras", **_finish(r, batch), "test_mse": result["test_mse"]}
 
 
-def ae_jax_run(data_dir: str, batch: int, workdir: str, n_train: int) -> dict:
+def ae_jax_run(data_dir: str, batch: int, workdir: str) -> dict:
   run_dir = tempfile.mkdtemp(prefix=f"ae_jax_{batch}_", dir=workdir)
   cache = os.path.join(workdir, "compilation_cache")
   warm = os.path.isdir(cache) and bool(os.listdir(cache))
@@ -112,13 +114,13 @@ def ae_jax_run(data_dir: str, batch: int, workdir: str, n_train: int) -> dict:
   with open(os.path.join(run_dir, "w", "eval.json")) as f:
     test_mse = json.load(f)["recon_mse"]
   shutil.rmtree(os.path.join(run_dir, "w"))  # checkpoints: ~1 MB each, not needed
-  return {"framework": "ae_jax", **_finish(r, n_train, batch), "test_mse": test_mse,
+  return {"framework": "ae_jax", **_finish(r, batch), "test_mse": test_mse,
           "cache": "warm" if warm else "cold"}
 
 
-def _finish(r: dict, n_train: int, batch: int) -> dict:
-  steps = -(-n_train // batch)
-  r["train_images_per_sec"] = round((steps - 1) * batch / r.pop("train_s"), 1)
+def _finish(r: dict, batch: int) -> dict:
+  """Images/s between the end of the first step and the end of the last, as each process counts steps."""
+  r["train_images_per_sec"] = round((r.pop("steps") - 1) * batch / r.pop("train_s"), 1)
   return {"batch_size": batch, **r}
 
 
@@ -175,8 +177,7 @@ def main(argv):
   records = []
   for batch in batches:
     for _ in range(FLAGS.pairs):
-      for run in (keras_run(npz, batch, workdir, len(train_x)),
-                  ae_jax_run(FLAGS.data_dir, batch, workdir, len(train_x))):
+      for run in (keras_run(npz, batch, workdir), ae_jax_run(FLAGS.data_dir, batch, workdir)):
         records.append(run)
         print(json.dumps(run), flush=True)
   summaries = [summary(records, b) for b in batches]
