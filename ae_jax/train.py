@@ -247,6 +247,17 @@ def resolve_steps_per_call(steps_per_call: int | None, platform_: str | None = N
   return AUTO_STEPS_PER_CALL.get(platform_ or jax.default_backend(), 1)
 
 
+def compile_steps(config: ml_collections.ConfigDict, model, place):
+  """(train step compiled by `place`, jitted eval step, corruption fn) of `config`'s objective."""
+  objective = objectives.from_config(config, model.apply)
+  corrupt = noise.corruption_fn(config.noise)
+  binarize = config.data.binarize == "dynamic"
+  step = place.compile(functools.partial(train_step, objective=objective, corrupt=corrupt,
+                                         binarize=binarize))
+  eval_fn = jax.jit(functools.partial(eval_step, objective=objective, corrupt=corrupt, binarize=binarize))
+  return step, eval_fn, corrupt
+
+
 def itstime(start: int, end: int, every: int) -> bool:
   """Whether a compiled call running steps (start, end] crosses a multiple of `every`."""
   return end // every > start // every
@@ -548,13 +559,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            len(devices), jax.process_count(), record["conv_impl"])
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   writer = metrics.Writer(workdir, start_step) if chief else None
-  objective = objectives.from_config(config, model.apply)
-  corrupt = noise.corruption_fn(config.noise)
   place = parallel.placement(config.parallel, devices, config.batch_size)
-  binarize = config.data.binarize == "dynamic"
-  step = place.compile(functools.partial(train_step, objective=objective, corrupt=corrupt,
-                                         binarize=binarize))
-  eval_fn = jax.jit(functools.partial(eval_step, objective=objective, corrupt=corrupt, binarize=binarize))
+  step, eval_fn, corrupt = compile_steps(config, model, place)
   table = place.put_table({"image": ds.train_x}) if config.data_on_device else None
   dstate, pending, last_eval = place.put_state(state), [], None
 

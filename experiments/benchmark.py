@@ -18,7 +18,6 @@ DAE corrupts inside the step (Gaussian, as dae_mnist); Keras gets pre-corrupted
 inputs, as the reference description does.
 """
 
-import functools
 import json
 import os
 import resource
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import layers, models, noise, objectives, parallel, train
+from ae_jax import layers, models, parallel, train
 import experiments
 from experiments import keras_epoch
 
@@ -103,12 +102,10 @@ def bench_jax(kind: str, batch: int, impl: str, k: int, dtype: str, peak_gflops:
   if kind == "dae":
     cfg.noise.kind = "gaussian"
   model = models.Autoencoder(conv_impl=impl, dtype=None if dtype == "float32" else jnp.dtype(dtype))
-  corrupt = noise.corruption_fn(cfg.noise)
   state = train.create_train_state(model, cfg, jax.random.key(0))
   host_params = jax.device_get(state.params)  # the train state's buffers are donated below
-  objective = objectives.from_config(cfg, model.apply)
   place = parallel.placement("jit", jax.local_devices()[:1], batch)
-  step = place.compile(functools.partial(train.train_step, objective=objective, corrupt=corrupt))
+  step, eval_fn, _ = train.compile_steps(cfg, model, place)
   x = np.asarray(jax.random.uniform(jax.random.key(1), (k, batch, *model.image_shape)))
   batches = place.put_batches({"image": x})
   key = jax.random.key(2)
@@ -123,7 +120,6 @@ def bench_jax(kind: str, batch: int, impl: str, k: int, dtype: str, peak_gflops:
   compile_s = time.perf_counter() - t
 
   train_rates, faults = timed_windows(run_once, k * batch)
-  eval_fn = jax.jit(functools.partial(train.eval_step, objective=objective, corrupt=corrupt))
   params = jax.device_put(host_params)
   eval_batch = {"image": x[0], "mask": np.ones(batch, bool), "position": np.arange(batch)}
   jax.block_until_ready(eval_fn(params, eval_batch, key))

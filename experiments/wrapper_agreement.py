@@ -6,14 +6,13 @@ Same global batches, same seed: jit on 1 device is the reference; pmap and mesh
 over all local devices, and jit/pmap with 2 steps per compiled call (lax.scan).
 """
 
-import functools
 
 from absl import app, flags
 import jax
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import layers, metrics, models, noise, objectives, parallel, train
+from ae_jax import layers, metrics, models, parallel, train
 
 distance = metrics.relative_distance
 
@@ -37,12 +36,11 @@ def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
   cfg.model.conv_impl = conv_impl
   if objective == "vqvae":
     cfg.vq.ema_decay = 0.9  # its statistics are summed over the devices
+  cfg.data.binarize = "dynamic" if binarize else None
   model = models.from_config(cfg, (28, 28, 1))
   state = train.create_train_state(model, cfg, jax.random.key(0))
-  step_fn = functools.partial(train.train_step, objective=objectives.from_config(cfg, model.apply),
-                              corrupt=noise.corruption_fn(cfg.noise), binarize=binarize)
   place = parallel.placement(mode, devices, batch)
-  step = place.compile(step_fn)
+  step, _, _ = train.compile_steps(cfg, model, place)
   images = np.asarray(jax.random.uniform(jax.random.key(1), (steps, batch, 28, 28, 1)))
   table = place.put_table({"image": images.reshape(steps * batch, 28, 28, 1)}) if on_device else None
   index = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ae_jax import config as config_lib
-from ae_jax import layers, models, noise, objectives, parallel, train
+from ae_jax import layers, models, objectives, parallel, train
 
 ACCELERATORS = ("cuda", "tpu")
 B = 8
@@ -35,14 +35,8 @@ def _config(objective):
 def _steps(cfg, devices):
   """The train step as train_and_evaluate compiles it (data on device), the eval step, and their args."""
   model = models.from_config(cfg, (28, 28, 1))
-  objective = objectives.from_config(cfg, model.apply)
-  corrupt = noise.corruption_fn(cfg.noise)
-  binarize = cfg.data.binarize == "dynamic"
   place = parallel.placement("mesh", devices, B)
-  step = place.compile(functools.partial(train.train_step, objective=objective, corrupt=corrupt,
-                                         binarize=binarize))
-  eval_fn = jax.jit(functools.partial(train.eval_step, objective=objective, corrupt=corrupt,
-                                      binarize=binarize))
+  step, eval_fn, _ = train.compile_steps(cfg, model, place)
   state = place.put_state(train.create_train_state(model, cfg, jax.random.key(0)))
   table = place.put_table({"image": np.zeros((32, 28, 28, 1), np.float32)})
   rows = np.arange(cfg.steps_per_call * B, dtype=np.int32).reshape(cfg.steps_per_call, B)
