@@ -1,83 +1,54 @@
-"""The run configuration: every field declared once, with its default, its check and its rerun rule.
+"""The run configuration: every field declared once, where it is used.
 
-`get_default()`, `validate()`, the resume rules (`resume_conflicts`) and the
-README's field table (`markdown_table()`, kept equal by a test) all come from
-`FIELDS`. Config files state only what differs from the defaults.
+The fields of training itself are declared here (CORE, EVAL); each objective,
+architecture and data source declares its own in its record, and `all_fields()`
+gathers them. `get_default()`, `validate()`, the resume rules
+(`resume_conflicts`), `--help` and docs/config.md (`markdown_table()`, kept
+equal by a test) all come from that one list. Config files state only what
+differs from the defaults.
 """
 
-from collections.abc import Callable
-import dataclasses
-import difflib
-from typing import Any
+from collections.abc import Iterator, Sequence
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
 
 import ml_collections
 
-from ae_jax import data, layers, losses, models, noise, objectives
+from ae_jax import data, models, objectives, parallel
+from ae_jax.data import transforms
+from ae_jax.fields import (
+    ALLOW,
+    BOOL,
+    FREE,
+    NEVER,
+    NON_NEGATIVE,
+    NON_NEGATIVE_NUMBER,
+    OPEN_FRACTION,
+    POSITIVE,
+    POSITIVE_NUMBER,
+    TEXTS,
+    Check,
+    Field,
+    closest,
+    one_of,
+    one_of_keys,
+    optional,
+    suggest,
+)
 
-PARALLEL = ("jit", "pmap", "mesh")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "warmup_cosine")
-BINARIZE = ("none", "dynamic")
 
-# What a rerun in the same workdir may do with a field:
-FREE = "free"  # change it: bookkeeping, placement, or num_epochs (which extends a run)
-ALLOW = "allow"  # change it with --allow_config_change: it alters what is learned
-NEVER = "never"  # never: the saved params or optimizer state have another shape
-
-
-@dataclasses.dataclass(frozen=True)
-class Check:
-  """A predicate and the phrase that says what it accepts (`expected <phrase>`)."""
-
-  ok: Callable[[Any], bool]
-  expected: str
-
-
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, int | float) and not isinstance(v, bool) and v == v
-
-
-POSITIVE = Check(lambda v: _is_int(v) and v > 0, "a positive integer")
-NON_NEGATIVE = Check(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-BOOL = Check(lambda v: isinstance(v, bool), "True or False")
-NUMBER = Check(_is_number, "a number")
-POSITIVE_NUMBER = Check(lambda v: _is_number(v) and v > 0, "a positive number")
-NON_NEGATIVE_NUMBER = Check(lambda v: _is_number(v) and v >= 0, "a number >= 0")
-FRACTION = Check(lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]")
-LEVELS = Check(lambda v: isinstance(v, tuple | list) and len(v) > 0 and all(POSITIVE.ok(f) for f in v),
-               "a non-empty tuple of positive integers")
-OPEN_FRACTION = Check(lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
-TEXT = Check(lambda v: isinstance(v, str) and v != "", "a non-empty string")
-
-
-def one_of(*allowed) -> Check:
-  return Check(lambda v: v in allowed, f"one of {allowed}")
-
-
-def optional(check: Check) -> Check:
-  return Check(lambda v: v is None or check.ok(v), f"None or {check.expected}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Field:
-  name: str  # dotted: 'model.latent_dim'
-  default: Any
-  check: Check
-  rerun: str  # FREE, ALLOW or NEVER
-  help: str
-  field_type: type | None = None  # for a None default: what `--config.NAME=...` parses to
-
-
-FIELDS = (
+CORE = (
     Field("seed", 0, NON_NEGATIVE, ALLOW, "root of every key: init, data order, noise, eval"),
-    Field("objective", "ae", one_of(*objectives.NAMES), ALLOW,
-          "what the step minimises (ae_jax/objectives.py)"),
-    Field("loss", "mse", one_of(*losses.NAMES), ALLOW,
-          "reconstruction loss of the `ae` objective, from the decoder's logits"),
+    Field("objective", "ae", one_of_keys(objectives.REGISTRY, "one"), ALLOW,
+          "what the step minimises (docs/objectives.md), or one you registered"),
+    Field("plugins", (), TEXTS, FREE,
+          "modules or .py files imported before the config is checked: they register your objectives, "
+          "models and data sources (docs/extending.md)"),
     Field("batch_size", 32, POSITIVE, ALLOW, "global batch, split across devices"),
     Field("num_epochs", 1, POSITIVE, FREE, "a rerun with more extends a finished run"),
     Field("optimizer", "adam", one_of(*OPTIMIZERS), NEVER, "optax optimizer"),
@@ -91,7 +62,7 @@ FIELDS = (
           "clip gradients to this global L2 norm (optax.clip_by_global_norm); None: no clipping", float),
     Field("ema_decay", None, optional(OPEN_FRACTION), NEVER,
           "keep an EMA of the params (in the optimizer state) and evaluate it; None: off", float),
-    Field("parallel", "jit", one_of(*PARALLEL), FREE,
+    Field("parallel", "jit", one_of(*parallel.MODES), FREE,
           "`jit`: 1 device; `pmap` or `mesh`: data parallel over num_devices"),
     Field("num_devices", None, optional(POSITIVE), FREE, "None: all local devices", int),
     Field("steps_per_call", None, optional(POSITIVE), FREE,
@@ -104,53 +75,8 @@ FIELDS = (
     Field("checkpoint_every_steps", 1000, POSITIVE, FREE, "also at every epoch end and the last step"),
     Field("keep_checkpoints", 3, POSITIVE, FREE, "how many of the latest checkpoints are kept"),
     Field("num_images", 8, POSITIVE, FREE, "examples drawn in reconstructions.png / denoising.png"),
-    Field("model.filters", (32, 64), LEVELS, NEVER, "channels of the stride-2 conv levels"),
-    Field("model.kernel_size", 3, POSITIVE, NEVER, "conv kernel size"),
-    Field("model.latent_dim", 16, POSITIVE, NEVER, "size of the dense latent z_BD"),
-    Field("model.num_codes", 512, POSITIVE, NEVER, "vqvae: codebook size K (codes of size latent_dim)"),
-    Field("model.pad", False, BOOL, NEVER,
-          "zero-pad images that 2**levels does not divide to the next multiple, crop the output back"),
-    Field("model.output", "probabilities", one_of(*models.OUTPUTS), ALLOW,
-          "what the model's __call__ returns; losses always use logits"),
-    Field("model.conv_impl", "auto", one_of("auto", *layers.IMPLS), FREE,
-          "same params and numerics, different speed; `auto`: per backend (layers.resolve)"),
-    Field("model.dtype", "float32", one_of(*models.DTYPES), ALLOW,
-          "compute dtype; params and optimizer state stay float32"),
-    Field("vae.likelihood", "bernoulli", one_of(*objectives.LIKELIHOODS), ALLOW,
-          "vae, iwae: p(x|z) from the decoder's logits; `gaussian`: mean sigmoid(logits)"),
-    Field("vae.scale", None, optional(POSITIVE_NUMBER), NEVER,
-          "vae, iwae with a gaussian likelihood: the pixels' std; None: learned (one param)", float),
-    Field("vae.beta", 1.0, NON_NEGATIVE_NUMBER, ALLOW, "vae: weight of the KL term (beta-VAE for > 1)"),
-    Field("vae.kl_warmup_steps", 0, NON_NEGATIVE, ALLOW, "vae: the KL weight ramps from 0 over these steps"),
-    Field("vae.num_samples", 5, POSITIVE, ALLOW, "iwae: importance samples k per example"),
-    Field("sparse.penalty", "l1", one_of(*objectives.SPARSE_PENALTIES), ALLOW,
-          "sparse: `l1` of z, or `kl` of sigmoid(z) to the rate sparse.target"),
-    Field("sparse.weight", 1e-4, NON_NEGATIVE_NUMBER, ALLOW, "sparse: weight of the penalty"),
-    Field("sparse.target", 0.05, OPEN_FRACTION, ALLOW, "sparse, penalty `kl`: the target rate"),
-    Field("contractive.weight", 1e-4, NON_NEGATIVE_NUMBER, ALLOW,
-          "contractive: weight of ||dz/dx||_F^2"),
-    Field("vq.commitment", 0.25, NON_NEGATIVE_NUMBER, ALLOW, "vqvae: commitment cost"),
-    Field("vq.ema_decay", None, optional(OPEN_FRACTION), NEVER,
-          "vqvae: EMA codebook updates with this decay; None: codes learned by gradient", float),
-    Field("noise.kind", "none", one_of(*noise.KINDS), ALLOW, "input corruption (denoising)"),
-    Field("noise.mean", 0.5, NUMBER, ALLOW, "gaussian: mean of the added noise"),
-    Field("noise.std", 0.5, NON_NEGATIVE_NUMBER, ALLOW, "gaussian: std of the added noise"),
-    Field("noise.clip", True, BOOL, ALLOW, "gaussian: clip the input to [0, 1]"),
-    Field("noise.nu", 0.3, FRACTION, ALLOW, "masking, salt_and_pepper: fraction of pixels hit"),
-    Field("data.source", "tfds", one_of(*data.SOURCES), ALLOW,
-          "`tfds`, `idx` (four MNIST-format files in data.dir), `npz` (your arrays: data.dir is a .npz "
-          "file or a folder of .npy files) or `embedded` (5,000 digits, offline)"),
-    Field("data.name", "mnist", TEXT, ALLOW, "TFDS dataset name"),
-    Field("data.dir", None, optional(TEXT), FREE, "tfds: TFDS data_dir (None: TFDS default); "
-          "idx: the folder of the four IDX files; npz: the .npz file or folder of .npy files", str),
-    Field("data.download", True, BOOL, FREE, "tfds: download and prepare when not prepared"),
-    Field("data.binarize", "none", one_of(*BINARIZE), ALLOW,
-          "`dynamic`: train on Bernoulli(x) drawn anew each step; evaluate one fixed draw of the test set"),
-    Field("data.train_size", None, optional(POSITIVE), ALLOW, "first N training examples; None: all",
-          int),
-    Field("data.test_size", None, optional(POSITIVE), ALLOW, "first N test examples; None: all", int),
 )
-FIELDS += (
+EVAL = (
     Field("eval.final", False, BOOL, FREE,
           "at the last step also: SSIM, active units, IS-NLL, codebook use, Frechet distance of samples, "
           "probe accuracies (ae_jax/evaluation.py)"),
@@ -161,13 +87,81 @@ FIELDS += (
     Field("eval.gmm_components", 10, POSITIVE, FREE,
           "final eval: mixture fitted to deterministic models' training latents, to sample from"),
 )
-BY_NAME = {f.name: f for f in FIELDS}
 
 
-def get_default() -> ml_collections.ConfigDict:
-  """The reference convolutional AE on MNIST (Keras example): latent 16, Adam 1e-3, MSE."""
+def _groups(builtin_only: bool) -> Iterator[tuple[Field, ...]]:
+  yield CORE
+  yield models.FIELDS
+  for registry in (models.ARCHITECTURES, objectives.REGISTRY):
+    for record in registry.values():
+      if not builtin_only or record.module.startswith("ae_jax."):
+        yield record.fields
+  yield transforms.FIELDS
+  yield data.FIELDS
+  for record in data.SOURCES.values():
+    if not builtin_only or record.module.startswith("ae_jax."):
+      yield record.fields
+  yield EVAL
+
+
+def all_fields(builtin_only: bool = False) -> tuple[Field, ...]:
+  """Every field, each name once: training's, the models', the objectives', the data's, the eval's.
+
+  builtin_only leaves out what plugins registered (for the generated docs).
+  """
+  out = {}
+  for group in _groups(builtin_only):
+    for f in group:
+      if f.name in out and out[f.name] is not f:
+        raise ValueError(f"config field {f.name!r} is declared twice; declare it once and share the Field")
+      out[f.name] = f
+  return tuple(out.values())
+
+
+def by_name() -> dict[str, Field]:
+  return {f.name: f for f in all_fields()}
+
+
+def import_plugins(specs: Sequence[str]) -> None:
+  """Imports each module name or .py file once; what they register joins the registries (and so the config).
+
+  A file is imported under its stem (my_objective.py as `my_objective`), unless
+  another module holds that name, so run.json can name it.
+  """
+  for spec in specs:
+    if not spec.endswith(".py"):
+      try:
+        importlib.import_module(spec)
+      except ImportError as e:
+        raise ValueError(f"plugins: {spec!r} cannot be imported ({e})") from None
+      continue
+    path = os.path.abspath(os.path.expanduser(spec))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    loaded = sys.modules.get(stem)
+    if loaded is not None and os.path.abspath(getattr(loaded, "__file__", "") or "") == path:
+      continue
+    if not os.path.isfile(path):
+      raise ValueError(f"plugins: {spec!r}: no such file")
+    name = stem if loaded is None else f"{stem}_{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+      module_spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[name]
+      raise
+
+
+def get_default(plugins: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The reference convolutional AE on MNIST (Keras example): latent 16, Adam 1e-3, MSE.
+
+  plugins: modules or .py files that register objectives, models or data
+  sources; imported first, so that their fields are part of the config.
+  """
+  import_plugins(plugins)
   c = ml_collections.ConfigDict()
-  for f in FIELDS:
+  for f in all_fields():
     *parents, leaf = f.name.split(".")
     node = c
     for p in parents:
@@ -176,7 +170,16 @@ def get_default() -> ml_collections.ConfigDict:
       node = node[p]
     node[leaf] = ml_collections.FieldReference(None, field_type=f.field_type) if f.default is None \
         else f.default
+  c.plugins = tuple(plugins)
   return c
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A saved run's config (run.json, a checkpoint): its plugins imported, fields it predates at
+  their defaults."""
+  config = get_default(saved.get("plugins", ()))
+  config.update(saved)
+  return config
 
 
 def flatten(c, prefix: str = "") -> dict:
@@ -190,31 +193,21 @@ def flatten(c, prefix: str = "") -> dict:
   return out
 
 
-def closest(name: str, known) -> str | None:
-  """The known name nearest to `name` (a typo's intended name), if any is near."""
-  close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-  return close[0] if close else None
-
-
-def suggest(name: str, known) -> str:
-  """' (did you mean X?)' for the closest known name, or ''."""
-  close = closest(name, known)
-  return f" (did you mean {close}?)" if close else ""
-
-
 def unknown_keys(c) -> list[str]:
-  """Fields of c that are not declared (typos, stale configs)."""
-  return sorted(k for k in flatten(c) if k not in BY_NAME)
+  """Fields of c that are not declared (typos, stale configs, a plugin not imported)."""
+  known = by_name()
+  return sorted(k for k in flatten(c) if k not in known)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field, its value and what is allowed."""
+  known = by_name()
   extra = unknown_keys(c)
   if extra:
-    raise ValueError(f"{extra[0]}: unknown config key{suggest(extra[0], BY_NAME)}; the known ones are "
-                     "listed by `python -m experiments.train --helpfull` and in ae_jax/config.py")
+    raise ValueError(f"{extra[0]}: unknown config key{suggest(extra[0], known)}; the known ones are "
+                     "listed by `python -m experiments.train --help` and in docs/config.md")
   values = flatten(c)
-  for f in FIELDS:
+  for f in known.values():
     value = values.get(f.name, f.default)
     value = tuple(value) if isinstance(value, list) else value
     if not f.check.ok(value):
@@ -222,13 +215,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.weight_decay is not None and c.optimizer != "adamw":
     raise ValueError(f"weight_decay={c.weight_decay!r}: only optimizer='adamw' decays weights "
                      f"(optimizer={c.optimizer!r}); use adamw or leave weight_decay None")
-  if c.vae.scale is not None and c.vae.likelihood != "gaussian":
-    raise ValueError(f"vae.scale={c.vae.scale!r}: only vae.likelihood='gaussian' has a scale "
-                     f"(vae.likelihood={c.vae.likelihood!r}); leave it None")
-  if c.data.source == "idx" and not c.data.dir:
-    raise ValueError("data.dir=None: data.source='idx' needs the folder holding the four IDX files")
-  if c.data.source == "npz" and not c.data.dir:
-    raise ValueError("data.dir=None: data.source='npz' needs a .npz file or a folder of .npy files")
+  objectives.check(c)
+  data.check(c.data)
 
 
 def resume_conflicts(saved: dict, c: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
@@ -238,7 +226,7 @@ def resume_conflicts(saved: dict, c: ml_collections.ConfigDict) -> tuple[list[st
   """
   old, new = flatten(saved), flatten(c)
   changed, reshaping = [], []
-  for f in FIELDS:
+  for f in all_fields():
     default = list(f.default) if isinstance(f.default, tuple) else f.default
     a, b = old.get(f.name, default), new.get(f.name, default)
     if f.rerun != FREE and a != b:
@@ -249,9 +237,14 @@ def resume_conflicts(saved: dict, c: ml_collections.ConfigDict) -> tuple[list[st
 
 
 def markdown_table() -> str:
-  """The README's table of fields: name, default, allowed values, rerun rule, what it does."""
+  """docs/config.md's table of the built-in fields: name, default, allowed values, rerun rule, what it does."""
   rule = {FREE: "yes", ALLOW: "with `--allow_config_change`", NEVER: "no"}
   rows = ["| field | default | allowed | rerun may change | what |", "| --- | --- | --- | --- | --- |"]
-  for f in FIELDS:
+  for f in all_fields(builtin_only=True):
     rows.append(f"| `{f.name}` | `{f.default!r}` | {f.check.expected} | {rule[f.rerun]} | {f.help} |")
   return "\n".join(rows)
+
+
+__all__ = ["ALLOW", "CORE", "EVAL", "FREE", "NEVER", "Check", "Field", "all_fields", "by_name", "closest",
+           "flatten", "from_saved", "get_default", "import_plugins", "markdown_table", "resume_conflicts",
+           "suggest", "unknown_keys", "validate"]

@@ -1,12 +1,14 @@
 """The end-of-run evaluation a paper reports (`eval.final`): one function per number, `final` for all.
 
 For every model: the deterministic reconstruction's MSE, PSNR and SSIM on the
-clean test set, active latent units, linear-probe and k-NN accuracy of the
-latents, and the Fréchet distance (frechet.py) of decoded samples to the test
-images, beside the train-vs-test floor. Samples come from the prior for a
-Gaussian latent, else from a Gaussian mixture fitted to the training latents
-(Ghosh et al. 2020). For a Gaussian latent also an importance-sampled NLL; for
-a grid latent the codebook's perplexity and the codes used.
+clean test set and the active latent units. With labels: linear-probe and k-NN
+accuracy of the latents, and the Fréchet distance (frechet.py, in the features
+of a classifier trained on the labels) of decoded samples to the test images,
+beside the train-vs-test floor. Samples come from the prior for a Gaussian
+latent, else from a Gaussian mixture fitted to the training latents (Ghosh et
+al. 2020). For objectives of a latent-variable model (their record's
+`log_weights`) also an importance-sampled NLL; for a grid latent the
+codebook's perplexity and the codes used.
 """
 
 import functools
@@ -18,13 +20,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ae_jax import data, frechet, losses, objectives, probes
+from ae_jax import data, frechet, losses, objectives
+from ae_jax.data import transforms
+from ae_jax.models import apply
 
 MAX_FIT_EXAMPLES = 10_000  # training latents for the probes and the mixture
 
 
 def ssim(images_a: np.ndarray, images_b: np.ndarray, batch_size: int = 1000) -> float:
-  """Mean SSIM (dm_pix: 11x11 Gaussian window, sigma 1.5) over image pairs in [0, 1]."""
+  """Mean SSIM (dm_pix: 11x11 Gaussian window, sigma 1.5, averaged over channels) over image pairs in [0, 1]."""
   fn = jax.jit(dm_pix.ssim)
   total = 0.0
   for start in range(0, len(images_a), batch_size):
@@ -46,69 +50,103 @@ def codebook_use(codes: np.ndarray, num_codes: int) -> dict:
   return {"vq_perplexity": float(np.exp(-np.sum(nz * np.log(nz)))), "vq_codes_used": int(len(nz))}
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "likelihood", "scale", "num_samples"))
-def _log_weights(params, x_BHWC, position_B, key, *, apply_fn, likelihood, scale, num_samples):
-  keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, position_B)
-  parts, _, _ = objectives.sample_parts(params, x_BHWC, x_BHWC, keys_B, num_samples, apply_fn=apply_fn,
-                                        likelihood=likelihood, scale=scale)
-  return parts.log_px_z + parts.log_pz - parts.log_qz_x
-
-
-def importance_nll(apply_fn, params, images_NHWC: np.ndarray, key: jax.Array, num_samples: int, *,
-                   likelihood: str, scale, chunk: int = 50, batch_size: int = 100) -> np.ndarray:
+def importance_nll(log_weights, params, images_NHWC: np.ndarray, key: jax.Array, num_samples: int, *,
+                   chunk: int = 50, batch_size: int = 100) -> np.ndarray:
   """-log p(x) per example, estimated with num_samples importance samples from q(z|x) (nats):
   -log (1/k) sum_j p(x, z_j) / q(z_j|x), the IWAE bound at k, drawn in chunks of `chunk`
-  samples (chunk c of example i from fold_in(fold_in(key, c), i))."""
+  samples (chunk c of example i from fold_in(fold_in(key, c), i)). log_weights is an
+  objective record's, bound (Objective.log_weights)."""
+  fn = jax.jit(log_weights, static_argnums=4)
   out = []
   for start, x, valid in data.padded_batches(np.asarray(images_NHWC, np.float32), batch_size):
     position = jnp.arange(start, start + len(x))
-    log_w = []
-    for c, done in enumerate(range(0, num_samples, chunk)):
-      log_w.append(_log_weights(params, x, position, jax.random.fold_in(key, c), apply_fn=apply_fn,
-                                likelihood=likelihood, scale=scale,
-                                num_samples=min(chunk, num_samples - done)))
+    log_w = [fn(params, x, position, jax.random.fold_in(key, c), min(chunk, num_samples - done))
+             for c, done in enumerate(range(0, num_samples, chunk))]
     log_w = jnp.concatenate(log_w, axis=1)
     nll = -(jax.nn.logsumexp(log_w, axis=1) - jnp.log(num_samples))
     out.append(np.asarray(nll)[:valid])
   return np.concatenate(out)
 
 
+def sample_latents(model, n: int, seed: int, train_z=None, components: int = 10) -> tuple[np.ndarray, str]:
+  """(n latents, how they were drawn): from the prior N(0, I) for a Gaussian latent (VAE,
+  IWAE); else from a Gaussian mixture (full covariances, scikit-learn) fitted to train_z,
+  the training latents (Ghosh et al. 2020), which a deterministic model needs."""
+  if model.latent == "gaussian":
+    return np.asarray(jax.random.normal(jax.random.key(seed), (n, model.latent_dim))), "prior N(0, I)"
+  if train_z is None:
+    raise ValueError(f"train_z=None: a {model.latent} latent has no prior; pass the training latents "
+                     "(embed(model, params, train_images)) to fit a mixture to")
+  from sklearn.mixture import GaussianMixture  # pylint: disable=g-import-not-at-top
+
+  flat = np.asarray(train_z, np.float64).reshape(len(train_z), -1)
+  gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(flat)
+  z, _ = gmm.sample(n)
+  z = z[np.random.default_rng(seed).permutation(n)]  # sklearn returns them grouped by component
+  return z.reshape(n, *np.shape(train_z)[1:]).astype(np.float32), f"{components}-component Gaussian mixture"
+
+
+def linear_probe_accuracy(train_z, train_y, test_z, test_y, seed: int = 0) -> float:
+  """Test accuracy of a logistic regression (standardised features) fit on the train latents."""
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+
+  clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+  clf.fit(np.asarray(train_z).reshape(len(train_z), -1), train_y)
+  return float(clf.score(np.asarray(test_z).reshape(len(test_z), -1), test_y))
+
+
+def knn_accuracy(train_z, train_y, test_z, test_y, k: int = 5) -> float:
+  """Test accuracy of k-nearest-neighbour classification (Euclidean) against the train latents."""
+  from sklearn.neighbors import KNeighborsClassifier  # pylint: disable=g-import-not-at-top
+
+  clf = KNeighborsClassifier(n_neighbors=k)
+  clf.fit(np.asarray(train_z).reshape(len(train_z), -1), train_y)
+  return float(clf.score(np.asarray(test_z).reshape(len(test_z), -1), test_y))
+
+
 def final(model, params, config: ml_collections.ConfigDict, ds: data.Dataset, eval_key: jax.Array) -> dict:
   """Every number of the comparison table for one trained model (see the module docstring)."""
   t0 = time.perf_counter()
   cfg = config.eval
-  test_x, n_fit = ds.test_x, min(MAX_FIT_EXAMPLES, len(ds.train_x))
-  recon = probes.reconstruct(model, params, test_x)
+  test_x = transforms.to_float(np.asarray(ds.test[:]))
+  n_fit = min(MAX_FIT_EXAMPLES, len(ds.train))
+  recon = apply.reconstruct(model, params, test_x)
   mse = float(np.mean(np.square(recon - test_x)))
   out = {"det_recon_mse": mse, "det_recon_psnr": float(losses.psnr(mse)), "ssim": ssim(recon, test_x)}
 
-  train_z = probes.embed(model, params, ds.train_x[:n_fit])
-  test_z = probes.embed(model, params, test_x)
+  train_z = apply.embed(model, params, ds.train[:n_fit])
+  test_z = apply.embed(model, params, test_x)
   out["active_units"] = active_units(test_z)
   out["latent_size"] = int(np.prod(test_z.shape[1:]))
-  out["linear_probe_accuracy"] = probes.linear_probe_accuracy(train_z, ds.train_y[:n_fit], test_z, ds.test_y)
-  out["knn_accuracy"] = probes.knn_accuracy(train_z, ds.train_y[:n_fit], test_z, ds.test_y)
-
   if model.latent == "grid":
     _, codes = jax.jit(functools.partial(model.apply, method="quantize"))({"params": params}, test_z)
     out.update(codebook_use(np.asarray(codes), model.num_codes))
-  if model.latent == "gaussian":
+  log_weights = objectives.get(config.objective).log_weights
+  if log_weights is not None:
     n = len(test_x) if cfg.nll_examples is None else min(cfg.nll_examples, len(test_x))
     target = test_x[:n]
     if config.data.binarize == "dynamic":  # the eval's fixed binarisation of the test set
-      target = np.asarray(objectives.binarize(eval_key, jnp.asarray(target), jnp.arange(n)))
-    nll = importance_nll(model.apply, params, target, jax.random.fold_in(eval_key, 1), cfg.nll_samples,
-                         likelihood=config.vae.likelihood, scale=config.vae.scale)
+      target = np.asarray(transforms.binarize(eval_key, jnp.asarray(target), jnp.arange(n)))
+    nll = importance_nll(log_weights(config, model.apply), params, target, jax.random.fold_in(eval_key, 1),
+                         cfg.nll_samples)
     out.update(nll=float(np.mean(nll)), nll_samples=cfg.nll_samples, nll_examples=n)
 
-  clf, clf_params = frechet.classifier(ds.train_x, ds.train_y)
-  samples, how = probes.sample(model, params, cfg.num_samples, config.seed, train_z=train_z,
-                               components=cfg.gmm_components)
-  test_f = frechet.features(clf, clf_params, test_x)
-  out["frechet_distance"] = frechet.distance(frechet.features(clf, clf_params, samples), test_f)
-  floor_n = min(len(test_x), len(ds.train_x))
-  out["frechet_floor"] = frechet.distance(frechet.features(clf, clf_params, ds.train_x[:floor_n]), test_f)
-  out["frechet_classifier_accuracy"] = frechet.accuracy(clf, clf_params, test_x, ds.test_y)
-  out["samples_from"] = how
+  if not ds.labelled:  # probes and the Fréchet classifier learn from labels
+    out["labels"] = "none: no probe accuracies or Fréchet distance"
+  else:
+    train_y, test_y = ds.train.labels[:n_fit], ds.test.labels
+    out["linear_probe_accuracy"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
+    out["knn_accuracy"] = knn_accuracy(train_z, train_y, test_z, test_y)
+    clf, clf_params = frechet.classifier(ds.train)
+    z, how = sample_latents(model, cfg.num_samples, config.seed, train_z=train_z, components=cfg.gmm_components)
+    test_f = frechet.features(clf, clf_params, test_x)
+    out["frechet_distance"] = frechet.distance(frechet.features(clf, clf_params, apply.decode(model, params, z)),
+                                               test_f)
+    floor_n = min(len(test_x), len(ds.train))
+    out["frechet_floor"] = frechet.distance(frechet.features(clf, clf_params, ds.train[:floor_n]), test_f)
+    out["frechet_classifier_accuracy"] = frechet.accuracy(clf, clf_params, test_x, test_y)
+    out["samples_from"] = how
   out["final_eval_seconds"] = round(time.perf_counter() - t0, 1)
   return out

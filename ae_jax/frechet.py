@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ae_jax import data
+from ae_jax.data import cache, sampler, transforms
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or its training changes: a new cache entry
 EPOCHS, BATCH, SEED = 2, 128, 0
@@ -36,40 +36,43 @@ class Classifier(nn.Module):
     return f_BF if features else nn.Dense(self.num_classes)(f_BF)
 
 
-def _train(train_x: np.ndarray, train_y: np.ndarray) -> dict:
+def _train(train) -> dict:
+  train_y = train.labels
   model = Classifier(int(train_y.max()) + 1)
-  params = jax.jit(model.init)(jax.random.key(SEED), jnp.zeros((1, *train_x.shape[1:])))["params"]
+  params = jax.jit(model.init)(jax.random.key(SEED), jnp.zeros((1, *train.image_shape)))["params"]
   tx = optax.adam(1e-3)
   opt_state = tx.init(params)
 
   @jax.jit
   def step(params, opt_state, x, y):
     def loss_fn(p):
-      return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+      logits = model.apply({"params": p}, transforms.to_float(x))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
   for epoch in range(EPOCHS):
-    order = data.epoch_order(jax.random.key(SEED), epoch, len(train_x))
-    for i in range(len(train_x) // BATCH):
+    order = sampler.epoch_order(jax.random.key(SEED), epoch, len(train))
+    for i in range(len(train) // BATCH):
       idx = order[i * BATCH:(i + 1) * BATCH]
-      params, opt_state = step(params, opt_state, train_x[idx], train_y[idx])
+      params, opt_state = step(params, opt_state, train[idx], train_y[idx])
   return jax.device_get(params)
 
 
-def classifier(train_x: np.ndarray, train_y: np.ndarray) -> tuple[Classifier, dict]:
-  """(model, params) of the feature classifier for this training set: from the cache, or trained
-  (about 20 s for MNIST on 2 CPU cores) and cached."""
-  digest = data.digest({"train_x": train_x, "train_y": train_y})[:16]
-  path = os.path.join(data.cache_dir(), f"frechet-classifier-v{CLASSIFIER_VERSION}-{digest}.npz")
-  model = Classifier(int(train_y.max()) + 1)
-  cached = data.read_cache(path)
+def classifier(train) -> tuple[Classifier, dict]:
+  """(model, params) of the feature classifier for a labelled training split: from the cache, or
+  trained (about 20 s for MNIST on 2 CPU cores) and cached by the split's fingerprint."""
+  if train.labels is None:
+    raise ValueError("the Fréchet classifier learns from labels, and this training split has none")
+  path = os.path.join(cache.cache_dir(), f"frechet-classifier-v{CLASSIFIER_VERSION}-{train.fingerprint()[:16]}.npz")
+  model = Classifier(int(train.labels.max()) + 1)
+  cached = cache.read_cache(path)
   if cached is None:
-    params = _train(train_x, train_y)
+    params = _train(train)
     flat = {"/".join(k.key for k in path_): np.asarray(v)
             for path_, v in jax.tree_util.tree_leaves_with_path(params)}
-    data.write_cache(path, flat)
+    cache.write_cache(path, flat)
   else:
     params = {}
     for name, v in cached.items():
@@ -86,11 +89,10 @@ def _features(model, params, x):
   return model.apply({"params": params}, x, features=True)
 
 
-def features(model: Classifier, params: dict, images_NHWC: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-  """Penultimate-layer features [N, 128] of images in [0, 1]."""
-  return np.concatenate([np.asarray(_features(model, params, x))[:valid]
-                         for _, x, valid in data.padded_batches(np.asarray(images_NHWC, np.float32),
-                                                                batch_size)])
+def features(model: Classifier, params: dict, images_NHWC, batch_size: int = 1000) -> np.ndarray:
+  """Penultimate-layer features [N, 128] of images (uint8, or float in [0, 1])."""
+  return np.concatenate([np.asarray(_features(model, params, transforms.to_float(x)))[:valid]
+                         for _, x, valid in sampler.padded_batches(images_NHWC, batch_size)])
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -100,9 +102,8 @@ def _logits(model, params, x):
 
 def accuracy(model: Classifier, params: dict, images_NHWC, labels_N) -> float:
   """Test accuracy of the classifier (reported beside the distances it measures)."""
-  logits = np.concatenate([np.asarray(_logits(model, params, x))[:valid]
-                           for _, x, valid in data.padded_batches(np.asarray(images_NHWC, np.float32),
-                                                                  1000)])
+  logits = np.concatenate([np.asarray(_logits(model, params, transforms.to_float(x)))[:valid]
+                           for _, x, valid in sampler.padded_batches(images_NHWC, 1000)])
   return float(np.mean(logits.argmax(-1) == np.asarray(labels_N)))
 
 

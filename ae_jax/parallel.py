@@ -19,8 +19,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 AXIS = "data"
-
-
+MODES = ("jit", "pmap", "mesh")
 JOIN_TIMEOUT_EXIT = 5
 
 
@@ -191,8 +190,8 @@ class PmapPlacement:
 
 def placement(mode: str, devices: tuple, batch_size: int) -> MeshPlacement | PmapPlacement:
   """The placement for `parallel=mode`: jit (1 device) and mesh share MeshPlacement."""
-  if mode not in ("jit", "pmap", "mesh"):
-    raise ValueError(f"parallel={mode!r}: expected one of ('jit', 'pmap', 'mesh')")
+  if mode not in MODES:
+    raise ValueError(f"parallel={mode!r}: expected one of {MODES}")
   check_batch(batch_size, devices, mode)
   if mode == "jit" and len(devices) != 1:
     raise ValueError(f"parallel='jit' runs on one device, got num_devices={len(devices)}; "

@@ -1,0 +1,142 @@
+"""What every data source gives: splits read by index, each checked once where it is made.
+
+A split is random access: `len(split)`, `split[indices] -> images [n, H, W, C]`
+(uint8 in [0, 255] or float32 in [0, 1], as stored; `transforms.to_float` makes
+them float where they are used), `split.image_shape` and `split.labels` (int32
+[N], or None). That is the shape grain's `MapDataset.source` and ArrayRecord
+readers serve, and all the loop needs: which examples a step takes is decided
+by the sampler from (seed, epoch), never by the source.
+"""
+
+from collections.abc import Callable
+import dataclasses
+import hashlib
+
+import ml_collections
+import numpy as np
+
+from ae_jax.fields import Field
+
+
+class DataError(ValueError):
+  """A data source that cannot be read as asked; the message is one line."""
+
+
+class ArraySource:
+  """One split held in memory as an array, read by index."""
+
+  def __init__(self, images_NHWC: np.ndarray, labels_N: np.ndarray | None = None):
+    self._images = images_NHWC
+    self.labels = None if labels_N is None else np.asarray(labels_N, np.int32)
+    self._fingerprint = None
+
+  def __len__(self) -> int:
+    return len(self._images)
+
+  def __getitem__(self, index) -> np.ndarray:
+    return self._images[index]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(int(d) for d in self._images.shape[1:])
+
+  @property
+  def dtype(self) -> np.dtype:
+    return self._images.dtype
+
+  def take(self, n: int) -> "ArraySource":
+    """The first n examples."""
+    return ArraySource(self._images[:n], None if self.labels is None else self.labels[:n])
+
+  def fingerprint(self) -> str:
+    """SHA-256 of the images and labels (computed once)."""
+    if self._fingerprint is None:
+      h = hashlib.sha256(str((self._images.dtype, self._images.shape)).encode())
+      h.update(np.ascontiguousarray(self._images).tobytes())
+      if self.labels is not None:
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+      self._fingerprint = h.hexdigest()
+    return self._fingerprint
+
+
+def check_split(images: np.ndarray, labels, where: str, split: str) -> ArraySource:
+  """A split's arrays as an ArraySource, after every check: rank, dtype, size, values, labels.
+
+  Each problem is one line naming the source, the split and the bad value.
+  """
+  images = np.asarray(images)
+  if images.ndim == 3:  # [N, H, W]: one channel
+    images = images[..., None]
+  if images.ndim != 4:
+    raise DataError(f"{where}: {split} images of rank {images.ndim} {images.shape}, expected 4 (N, H, W, C)")
+  if len(images) == 0:
+    raise DataError(f"{where}: the {split} split has no images")
+  if images.dtype != np.uint8:
+    if not np.issubdtype(images.dtype, np.floating):
+      raise DataError(f"{where}: {split} images of dtype {images.dtype}, expected uint8 or float in [0, 1]")
+    images = images.astype(np.float32)
+    finite = np.isfinite(images)
+    if not finite.all():
+      bad = int(np.argmin(finite.reshape(len(images), -1).all(axis=1)))
+      raise DataError(f"{where}: {split} image {bad} has non-finite pixels "
+                      f"({images[bad][~finite[bad]].flat[0]}); float images must be finite and in [0, 1]")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+      scale = " (0-255 values? pass them as uint8)" if hi > 1.0 and hi <= 255.0 else ""
+      raise DataError(f"{where}: {split} images range over [{lo:g}, {hi:g}]; float images must be finite "
+                      f"and in [0, 1]{scale}")
+  if labels is not None:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      raise DataError(f"{where}: {split} labels of shape {labels.shape} and dtype {labels.dtype}, "
+                      "expected one integer per image")
+    if len(labels) != len(images):
+      raise DataError(f"{where}: {len(images)} {split} images but {len(labels)} labels")
+  return ArraySource(images, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """The train and test splits of one source, and where they came from."""
+
+  train: ArraySource
+  test: ArraySource
+  source: str  # human-readable: where the splits came from
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return self.train.image_shape
+
+  @property
+  def labelled(self) -> bool:
+    """Whether both splits have labels (the probes and the Fréchet classifier need them)."""
+    return self.train.labels is not None and self.test.labels is not None
+
+  def summary(self) -> dict:
+    """What was used, for run.json: source, sizes, shape, dtype and a checksum of both splits."""
+    digest = hashlib.sha256(f"{self.train.fingerprint()}{self.test.fingerprint()}".encode())
+    return {
+        "source": self.source,
+        "num_train": len(self.train),
+        "num_test": len(self.test),
+        "image_shape": list(self.image_shape),
+        "dtype": str(self.train.dtype),
+        "labelled": self.labelled,
+        "sha256": digest.hexdigest(),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """A data source by name (`data.source`): how to read its splits, and its own config fields.
+
+  load(config.data) -> (train, test, where): the two splits (check_split makes
+  them from arrays) and a human-readable origin for run.json. It may use
+  data.train_size / data.test_size to read only a prefix; `data.load` cuts and
+  checks the sizes. needs_dir: what data.dir must name, if the source reads one.
+  """
+
+  load: Callable[[ml_collections.ConfigDict], tuple]
+  fields: tuple[Field, ...] = ()
+  needs_dir: str | None = None
+  module: str = ""

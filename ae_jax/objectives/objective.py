@@ -1,0 +1,56 @@
+"""The record that makes a loss function an objective the whole library serves."""
+
+from collections.abc import Callable
+import dataclasses
+
+import jax
+import ml_collections
+import optax
+
+from ae_jax.fields import Field
+from ae_jax.models import Head
+
+
+def dense_head(config: ml_collections.ConfigDict) -> Head:
+  del config
+  return Head("dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """An objective by name (`config.objective`): its pure function and what it needs from the rest.
+
+  bind(config, apply_fn) -> fn(params, batch, key) -> (loss_B, metrics_B, stats_B):
+    per-example loss, per-example metrics (the step averages both over the
+    global batch; the eval sums them over the valid examples) and per-example
+    optimizer statistics (summed over the global batch and passed to the
+    optimizer's update as keyword arguments; {} for most objectives). batch
+    holds 'input' (what the encoder sees: corrupted, for denoising), 'image'
+    (the clean target), 'position' (each example's index in the global batch)
+    and, in training, 'step'. Derive per-example keys as
+    fold_in(key, batch['position'][b]), so draws depend only on (seed, step,
+    global example index).
+  head(config) -> models.Head: the latent the model must emit.
+  fields: its config fields (declared here once; ae_jax.config gathers them).
+  transform(config) -> an optax transform that consumes the statistics, or None;
+    it runs after the optimizer, before the params EMA (the VQ-VAE's EMA codebook).
+  log_keys: the metrics its progress line shows after `loss`.
+  check(config): raises ValueError for field combinations it cannot run.
+  log_weights(config, apply_fn) -> fn(params, x_BHWC, position_B, key, k) -> [B, k]
+    log p(x, z_j) - log q(z_j|x) for k samples z_j ~ q(z|x): objectives of a
+    latent-variable model give it, and the final eval estimates -log p(x) with it.
+  """
+
+  bind: Callable[[ml_collections.ConfigDict, Callable], Callable]
+  head: Callable[[ml_collections.ConfigDict], Head] = dense_head
+  fields: tuple[Field, ...] = ()
+  transform: Callable[[ml_collections.ConfigDict], optax.GradientTransformationExtraArgs | None] | None = None
+  log_keys: tuple[str, ...] = ("mse",)
+  check: Callable[[ml_collections.ConfigDict], None] | None = None
+  log_weights: Callable[[ml_collections.ConfigDict, Callable], Callable] | None = None
+  module: str = ""
+
+
+def per_example_keys(key: jax.Array, position_B: jax.Array) -> jax.Array:
+  """fold_in(key, position_B[b]) for each example: its draws depend on its global index alone."""
+  return jax.vmap(jax.random.fold_in, (None, 0))(key, position_B)

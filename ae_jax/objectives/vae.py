@@ -1,0 +1,176 @@
+"""Latent-variable models: the VAE (and beta-VAE) ELBO and the IWAE bound, in nats.
+
+Per example the negative log-likelihood summed over pixels plus beta * KL,
+averaged over the batch by the step; no hidden dataset-size or batch-size weights.
+"""
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ae_jax import fields
+from ae_jax.models import Head
+from ae_jax.objectives.objective import Objective, per_example_keys
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+_LOG_2PI = math.log(2 * math.pi)
+
+LIKELIHOOD_FIELDS = (
+    fields.Field("vae.likelihood", "bernoulli", fields.one_of(*LIKELIHOODS), fields.ALLOW,
+                 "vae, iwae: p(x|z) from the decoder's logits; `gaussian`: mean sigmoid(logits)"),
+    fields.Field("vae.scale", None, fields.optional(fields.POSITIVE_NUMBER), fields.NEVER,
+                 "vae, iwae with a gaussian likelihood: the pixels' std; None: learned (one param)", float),
+)
+VAE_FIELDS = (
+    fields.Field("vae.beta", 1.0, fields.NON_NEGATIVE_NUMBER, fields.ALLOW,
+                 "vae: weight of the KL term (beta-VAE for > 1)"),
+    fields.Field("vae.kl_warmup_steps", 0, fields.NON_NEGATIVE, fields.ALLOW,
+                 "vae: the KL weight ramps from 0 over these steps"),
+)
+IWAE_FIELDS = (
+    fields.Field("vae.num_samples", 5, fields.POSITIVE, fields.ALLOW, "iwae: importance samples k per example"),
+)
+
+
+def gaussian_kl(mean_BD: jax.Array, logvar_BD: jax.Array) -> jax.Array:
+  """KL(N(mean, exp(logvar)) || N(0, I)) per example, in nats (closed form)."""
+  return 0.5 * jnp.sum(jnp.square(mean_BD) + jnp.exp(logvar_BD) - 1.0 - logvar_BD, axis=-1)
+
+
+def gaussian_log_density(z, mean, logvar):
+  """log N(z; mean, exp(logvar)) summed over the last axis."""
+  return -0.5 * jnp.sum(_LOG_2PI + logvar + jnp.square(z - mean) * jnp.exp(-logvar), axis=-1)
+
+
+def log_likelihood(likelihood: str, logits_NHWC: jax.Array, x_NHWC: jax.Array,
+                   log_scale=None) -> jax.Array:
+  """log p(x|z) per example, summed over pixels, in nats.
+
+  `bernoulli`: the decoder's logits are Bernoulli logits (exact for binary x).
+  `gaussian`: mean sigmoid(logits), one scale exp(log_scale) for all pixels.
+  """
+  if likelihood == "bernoulli":
+    per_pixel = -optax.sigmoid_binary_cross_entropy(logits_NHWC, x_NHWC)
+  else:
+    mean = jax.nn.sigmoid(logits_NHWC)
+    per_pixel = (-0.5 * jnp.square((x_NHWC - mean) * jnp.exp(-log_scale)) - log_scale
+                 - 0.5 * _LOG_2PI)
+  return jnp.sum(per_pixel.reshape(per_pixel.shape[0], -1), axis=-1)
+
+
+class VaeParts(NamedTuple):
+  """Samples from q(z|x) per example: what the ELBO, the IWAE bound and the NLL are made of."""
+
+  log_px_z: jax.Array  # [B, k] log p(x|z)
+  log_pz: jax.Array  # [B, k] log p(z)
+  log_qz_x: jax.Array  # [B, k] log q(z|x)
+  mse: jax.Array  # [B, k] of the decoder's mean
+
+
+def _log_scale(likelihood: str, params, scale):
+  if likelihood != "gaussian":
+    return None
+  return params["log_scale"] if scale is None else jnp.log(jnp.asarray(scale, jnp.float32))
+
+
+def sample_parts(params, x_BHWC: jax.Array, target_BHWC: jax.Array, keys_B: jax.Array, num_samples: int,
+                 *, apply_fn, likelihood: str, scale) -> tuple[VaeParts, jax.Array, jax.Array]:
+  """(parts [B, k], mean_BD, logvar_BD): k reparameterised samples z = mean + exp(logvar/2) eps
+  per example, eps from that example's key, each decoded once (one batch of B*k)."""
+  mean_BD, logvar_BD = apply_fn({"params": params}, x_BHWC, method="posterior")
+  b, d = mean_BD.shape
+  eps_BKD = jax.vmap(lambda k: jax.random.normal(k, (num_samples, d)))(keys_B)
+  z_BKD = mean_BD[:, None] + jnp.exp(0.5 * logvar_BD)[:, None] * eps_BKD
+  logits = apply_fn({"params": params}, z_BKD.reshape(b * num_samples, d), method="decode_logits")
+  target = jnp.repeat(target_BHWC, num_samples, axis=0)
+  log_scale = _log_scale(likelihood, params, scale)
+  log_px_z = log_likelihood(likelihood, logits, target, log_scale).reshape(b, num_samples)
+  mse = jnp.mean(jnp.square(jax.nn.sigmoid(logits) - target).reshape(b * num_samples, -1), -1)
+  log_pz = gaussian_log_density(z_BKD, 0.0, jnp.zeros_like(z_BKD))
+  log_qz_x = gaussian_log_density(z_BKD, mean_BD[:, None], logvar_BD[:, None])
+  return VaeParts(log_px_z, log_pz, log_qz_x, mse.reshape(b, num_samples)), mean_BD, logvar_BD
+
+
+def kl_weight(beta: float, warmup_steps: int, step) -> jax.Array:
+  """beta, ramped linearly from 0 over the first warmup_steps steps (step None: warm-up over)."""
+  if step is None or warmup_steps == 0:
+    return jnp.asarray(beta, jnp.float32)
+  return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+
+
+def vae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str, scale, beta: float,
+        kl_warmup_steps: int):
+  """Gaussian q(z|x), N(0, I) prior, one reparameterised sample per example (Kingma & Welling 2014).
+
+  loss_B = -log p(x|z) + beta_t * KL(q(z|x) || p(z)) in nats (sums over pixels
+  and latent dims); beta_t ramps from 0 to beta over kl_warmup_steps (beta > 1:
+  the beta-VAE of Higgins et al. 2017). `elbo` is the beta = 1 bound.
+  """
+  keys_B = per_example_keys(key, batch["position"])
+  parts, mean_BD, logvar_BD = sample_parts(params, batch["input"], batch["image"], keys_B, 1,
+                                           apply_fn=apply_fn, likelihood=likelihood, scale=scale)
+  log_px_z = parts.log_px_z[:, 0]
+  kl_B = gaussian_kl(mean_BD, logvar_BD)
+  loss_B = -log_px_z + kl_weight(beta, kl_warmup_steps, batch.get("step")) * kl_B
+  return loss_B, {"loss": loss_B, "mse": parts.mse[:, 0], "elbo": log_px_z - kl_B, "kl": kl_B,
+                  "log_px_z": log_px_z}, {}
+
+
+def iwae_bound(parts: VaeParts) -> jax.Array:
+  """log (1/k) sum_j p(x, z_j) / q(z_j|x) per example: the k-sample importance-weighted bound.
+
+  With k = 1 it is the one-sample (Monte-Carlo KL) ELBO; as k grows it tightens
+  to log p(x): the same estimator gives the importance-sampled NLL.
+  """
+  log_w = parts.log_px_z + parts.log_pz - parts.log_qz_x
+  return jax.nn.logsumexp(log_w, axis=-1) - jnp.log(log_w.shape[-1])
+
+
+def iwae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str, scale, num_samples: int):
+  """The importance-weighted autoencoder (Burda et al. 2016): loss_B = -iwae_bound with k samples."""
+  keys_B = per_example_keys(key, batch["position"])
+  parts, mean_BD, logvar_BD = sample_parts(params, batch["input"], batch["image"], keys_B, num_samples,
+                                           apply_fn=apply_fn, likelihood=likelihood, scale=scale)
+  bound_B = iwae_bound(parts)
+  kl_B = gaussian_kl(mean_BD, logvar_BD)
+  return -bound_B, {"loss": -bound_B, "mse": parts.mse[:, 0], "iwae_bound": bound_B, "kl": kl_B,
+                    "elbo": parts.log_px_z[:, 0] - kl_B}, {}
+
+
+def log_weights(params, x_BHWC, position_B, key, num_samples: int, *, apply_fn, likelihood: str, scale):
+  """[B, k] log p(x, z_j) - log q(z_j|x), z_j ~ q(z|x) from fold_in(key, position_B[b])."""
+  parts, _, _ = sample_parts(params, x_BHWC, x_BHWC, per_example_keys(key, position_B), num_samples,
+                             apply_fn=apply_fn, likelihood=likelihood, scale=scale)
+  return parts.log_px_z + parts.log_pz - parts.log_qz_x
+
+
+def head(c) -> Head:
+  """A Gaussian posterior; a learned scale for a Gaussian likelihood without a fixed one."""
+  return Head("gaussian", learned_scale=c.vae.likelihood == "gaussian" and c.vae.scale is None)
+
+
+def check(c) -> None:
+  if c.vae.scale is not None and c.vae.likelihood != "gaussian":
+    raise ValueError(f"vae.scale={c.vae.scale!r}: only vae.likelihood='gaussian' has a scale "
+                     f"(vae.likelihood={c.vae.likelihood!r}); leave it None")
+
+
+def _bind_log_weights(c, apply_fn):
+  return functools.partial(log_weights, apply_fn=apply_fn, likelihood=c.vae.likelihood, scale=c.vae.scale)
+
+
+VAE = Objective(
+    lambda c, apply_fn: functools.partial(vae, apply_fn=apply_fn, likelihood=c.vae.likelihood,
+                                          scale=c.vae.scale, beta=c.vae.beta,
+                                          kl_warmup_steps=c.vae.kl_warmup_steps),
+    head=head, fields=(*LIKELIHOOD_FIELDS, *VAE_FIELDS), log_keys=("mse", "elbo", "kl"), check=check,
+    log_weights=_bind_log_weights, module=__name__)
+IWAE = Objective(
+    lambda c, apply_fn: functools.partial(iwae, apply_fn=apply_fn, likelihood=c.vae.likelihood,
+                                          scale=c.vae.scale, num_samples=c.vae.num_samples),
+    head=head, fields=(*LIKELIHOOD_FIELDS, *IWAE_FIELDS), log_keys=("mse", "iwae_bound", "kl"), check=check,
+    log_weights=_bind_log_weights, module=__name__)
