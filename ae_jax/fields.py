@@ -91,14 +91,19 @@ def suggest(name: str, known) -> str:
   return f" (did you mean {close}?)" if close else ""
 
 
-def register(registry: dict, name: str, record, what: str):
+def register(registry: dict, name: str, record, what: str, section: str | None = None):
   """registry[name] = record, noting the module that registered it (run.json records it).
 
   Registering a name again from the same module replaces it (a notebook cell run
-  twice); a name another module registered is refused.
+  twice); a name another module registered is refused. section: the config
+  section the record's fields must live in (it sees only that section).
   """
   if not TEXT.ok(name):
     raise ValueError(f"{what} name {name!r}: expected a non-empty string")
+  outside = [f.name for f in record.fields if section and not f.name.startswith(f"{section}.")]
+  if outside:
+    raise ValueError(f"{what} {name!r}: field {outside[0]!r} must live under {section}. "
+                     f"(the {what} sees config.{section} alone)")
   module = record.module or sys._getframe(2).f_globals.get("__name__", "")  # the caller of X.register
   old = registry.get(name)
   if old is not None and old.module != module:

@@ -3,7 +3,6 @@
 import ctypes
 import os
 import signal
-import statistics
 import sys
 import time
 
@@ -20,7 +19,7 @@ def keep_freed_memory() -> bool:
   new mmap and unmaps it on free, so every step page-faults all of it in again:
   18,400 minor faults and ~30 ms of kernel time per batch-128 step. With this,
   one epoch of ae_mnist at batch 128 logs ~1,800 images/s instead of ~1,400,
-  with a peak of 1.7 GiB resident instead of 1.1 (experiments/BENCHMARKS.md).
+  with a peak of 1.7 GiB resident instead of 1.1 (tools/BENCHMARKS.md).
   All three settings are needed: a thread's own arena cannot hold more than 64
   MiB and mmaps past it regardless. The cost: memory freed stays with the
   process. Returns False, changing nothing, where libc has no mallopt.
@@ -37,7 +36,7 @@ def use_fast_cpu_settings(keep_memory: bool = True) -> bool:
   """Call before JAX's first op: XLA:CPU's YNN fusion off (unless XLA_FLAGS sets it) and keep_freed_memory().
 
   With YNN fusion on, the reference train step runs at 1,110 images/s at batch
-  128 instead of 1,540 (experiments/BENCHMARKS.md). Only the entry points'
+  128 instead of 1,540 (tools/BENCHMARKS.md). Only the entry points'
   __main__ calls this, so importing `experiments` (as the tests do) changes nothing.
   Both settings are process-wide; neither changes any result. Returns whether
   freed memory is kept.
@@ -45,21 +44,6 @@ def use_fast_cpu_settings(keep_memory: bool = True) -> bool:
   if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=".strip()
   return keep_memory and keep_freed_memory()
-
-
-def matmul_gflops(n: int = 2048) -> float:
-  """Median float32 GFLOP/s of one jitted n x n matmul on the default device."""
-  import jax  # only here: importing experiments must not start JAX
-  import jax.numpy as jnp
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  mm = jax.jit(lambda a, b: a @ b)
-  mm(a, a).block_until_ready()
-  rates = []
-  for _ in range(5):
-    t = time.perf_counter()
-    mm(a, a).block_until_ready()
-    rates.append(2 * n**3 / (time.perf_counter() - t) / 1e9)
-  return statistics.median(rates)
 
 
 def _exit_now(signum, frame):

@@ -26,34 +26,60 @@ def fail(message: str, code: int = 2):
 
 def _unknown_override(argv) -> str | None:
   """The first --config.KEY=... whose KEY no config field declares (config files only set declared ones)."""
+  known = config_lib.by_name()
   for arg in argv:
     if arg.startswith("--config."):
       key = arg[len("--config."):].split("=", 1)[0]
-      if key not in config_lib.BY_NAME:
+      if key not in known:
         return key
   return None
+
+
+def _config_path(argv) -> str | None:
+  """The value of --config FILE / --config=FILE in argv, if given."""
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+  return None
+
+
+def _load_config_file(path: str) -> None:
+  """Runs a config file's get_config() so that the plugins it imports have registered their fields."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  try:
+    spec = importlib.util.spec_from_file_location("_ae_jax_help_config", path.split(":", 1)[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"(--config {path}: not loaded, {type(e).__name__}: {e}; its plugins' fields are not listed)")
 
 
 HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull")
 
 
-def usage(full: bool) -> str:
-  """The entry point's docstring, its flags (all of absl's too when `full`) and, if it takes
-  --config, every config field with its default and allowed values."""
+def usage(argv, full: bool) -> str:
+  """The entry point's docstring, its own flags first, then the process flags (all of absl's too
+  when `full`) and, if it takes --config, every config field (with those of the plugins the
+  --config file imports) with its default and allowed values."""
   main = sys.modules["__main__"]
   text = [(main.__doc__ or "").strip(), ""]
+  # absl files the flags a script defines under sys.argv[0] (its module is __main__).
+  for name in (sys.argv[0], __name__):
+    help_text = flags.FLAGS.module_help(name)
+    if help_text.strip():
+      text.append(help_text)
   if full:
-    text.append(flags.FLAGS.get_help())
-  else:
-    for module in (main, sys.modules[__name__]):
-      name = module.__spec__.name if module.__spec__ else module.__name__
-      help_text = flags.FLAGS.module_help(name)
-      if help_text.strip():
-        text.append(help_text)
+    text += ["", "All flags, the libraries' too:", flags.FLAGS.get_help()]
   if "config" in flags.FLAGS:
+    path = _config_path(argv)
+    if path:
+      _load_config_file(path)
     text += ["", "Config fields (--config.FIELD=VALUE; 'rerun' says whether a rerun in the same workdir "
              "may change it):"]
-    for f in config_lib.FIELDS:
+    for f in config_lib.all_fields():
       text.append(f"  --config.{f.name}: {f.help}\n    default {f.default!r}; expected "
                   f"{f.check.expected}; rerun: {f.rerun}")
   return "\n".join(text) + "\n"
@@ -63,7 +89,7 @@ def parse_flags(argv):
   """absl flag parsing, with every error as one line and exit code 2; --help lists the config fields."""
   asked = [a for a in argv[1:] if a in HELP]
   if asked:
-    print(usage(full=asked[0] == "--helpfull"))
+    print(usage(argv, full=asked[0] == "--helpfull"))
     sys.exit(0)
   try:
     rest = flags.FLAGS(argv)
@@ -75,8 +101,11 @@ def parse_flags(argv):
     errno = [ln.strip() for ln in str(e).splitlines() if "Errno" in ln]
     fail("--config: cannot load the config file" + (f" ({errno[0]})" if errno else ""))
   except flags.UnrecognizedFlagError as e:
-    name = e.flagname
-    field = name if name in config_lib.BY_NAME else config_lib.closest(name, config_lib.BY_NAME)
+    name, known = e.flagname, config_lib.by_name()
+    if name.startswith("config.") and name[len("config."):] in known:  # an override before any --config
+      fail(f"--{name}: overrides a config field, so it needs a config file first: add "
+           "--config experiments/configs/NAME.py (ae_mnist.py holds the defaults)")
+    field = name if name in known else config_lib.closest(name, known)
     if field:  # --num_epochs=2 is --config.num_epochs=2
       fail(f"--{name}: unknown flag (did you mean --config.{field}?)")
     close = config_lib.closest(name, [f for f in flags.FLAGS if not f.startswith("config.")])
@@ -88,7 +117,7 @@ def parse_flags(argv):
     key = _unknown_override(argv)
     if key is None:
       fail(f"bad --config override: {e}")
-    fail(f"--config.{key}: unknown config key{config_lib.suggest(key, config_lib.BY_NAME)}")
+    fail(f"--config.{key}: unknown config key{config_lib.suggest(key, config_lib.by_name())}")
 
 
 def run(main) -> None:

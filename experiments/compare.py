@@ -1,52 +1,47 @@
 r"""Trains members of the autoencoder family with one budget on one dataset and tabulates them.
 
-  python -m experiments.compare --workdir runs/compare \
-    --data_source=idx --data_dir=../shared/data/mnist   # all eight members, 10 epochs at batch 128
+  python -m experiments.compare --workdir runs/compare     # all eight members, 10 epochs at batch 128
+  python -m experiments.compare --workdir runs/tiny --members=ae,vae \
+    --config.num_epochs=1 --config.data.source=embedded    # a few minutes on 2 CPU cores
 
-Each member is its config in experiments/configs/ (MEMBERS), trained in
-WORKDIR/<member> by train_and_evaluate with the same num_epochs, batch_size,
-data and seed, and evaluated at its end (eval.final: ae_jax/evaluation.py).
-A rerun resumes unfinished members and reads finished ones. Writes
-WORKDIR/compare.json, compare.md (the table) and compare.png (per member a
+Each member is its config in experiments/configs/ (MEMBERS) with the shared
+budget (BUDGET: 10 epochs at batch 128, the final eval) and then every
+--config.FIELD=VALUE given here, trained in WORKDIR/<member> by
+train_and_evaluate. A rerun resumes unfinished members and reads finished ones.
+Writes WORKDIR/compare.json, compare.md (the table) and compare.png (per member a
 row of test reconstructions and a row of samples).
 """
 
-import functools
 import importlib
 import os
 import time
 
 from absl import flags
 import jax
+from ml_collections import config_flags
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import data, metrics, models, noise, objectives, plots, probes, train
+from ae_jax import data, metrics, plots, probes, train
+from ae_jax.data import transforms
 from experiments import cli
 
 # member -> its config module in experiments/configs/
 MEMBERS = {"ae": "ae_mnist", "dae": "dae_mnist", "vae": "vae_mnist", "beta_vae": "beta_vae_mnist",
            "iwae": "iwae_mnist", "sparse": "sparse_mnist", "contractive": "contractive_mnist",
            "vqvae": "vqvae_mnist"}
+# What every member gets before the command line's --config overrides.
+BUDGET = {"num_epochs": 10, "batch_size": 128, "eval.final": True}
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the members' workdirs and the table.")
 _MEMBERS = flags.DEFINE_list("members", list(MEMBERS), f"Which members, of {', '.join(MEMBERS)}.")
-_EPOCHS = flags.DEFINE_integer("num_epochs", 10, "Epochs for every member.", lower_bound=1)
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size for every member.", lower_bound=1)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed for every member.", lower_bound=0)
-_SOURCE = flags.DEFINE_enum("data_source", "tfds", list(data.SOURCES), "config data.source.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "config data.dir.")
-_TRAIN_SIZE = flags.DEFINE_integer("train_size", None, "config data.train_size.", lower_bound=1)
-_TEST_SIZE = flags.DEFINE_integer("test_size", None, "config data.test_size.", lower_bound=1)
-_NLL_SAMPLES = flags.DEFINE_integer("nll_samples", 200, "config eval.nll_samples.", lower_bound=1)
-_NLL_EXAMPLES = flags.DEFINE_integer("nll_examples", None, "config eval.nll_examples (None: all).",
-                                     lower_bound=1)
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 10_000, "config eval.num_samples.", lower_bound=1)
-_LOG_EVERY = flags.DEFINE_integer("log_every_steps", 100, "config log_every_steps.", lower_bound=1)
 _SPEED_STEPS = flags.DEFINE_integer("speed_steps", 20, "Timed train steps per member and round.",
                                     lower_bound=1)
 _SPEED_ROUNDS = flags.DEFINE_integer("speed_rounds", 3, "Rounds of the side-by-side speed measurement.",
                                      lower_bound=1)
+_CONFIG = config_flags.DEFINE_config_dict(
+    "config", config_lib.get_default(),
+    "Overrides for every member, --config.FIELD=VALUE (the fields: docs/config.md).")
 cli.define_process_flags()
 
 # (column, eval.json key, format); '-' where a member does not define it.
@@ -59,18 +54,18 @@ COLUMNS = (
 )
 
 
-def member_config(member: str):
-  """The member's config with the shared budget, data and evaluation."""
+def member_config(member: str, overrides: dict):
+  """The member's config with the shared budget, then the command line's overrides."""
   if member not in MEMBERS:
     raise ValueError(f"--members: {member!r}: expected some of {', '.join(MEMBERS)}"
                      f"{config_lib.suggest(member, MEMBERS)}")
   c = importlib.import_module(f"experiments.configs.{MEMBERS[member]}").get_config()
-  c.num_epochs, c.batch_size, c.seed = _EPOCHS.value, _BATCH.value, _SEED.value
-  c.data.source, c.data.dir = _SOURCE.value, _DATA_DIR.value
-  c.data.train_size, c.data.test_size = _TRAIN_SIZE.value, _TEST_SIZE.value
-  c.eval.final, c.eval.nll_samples, c.eval.num_samples = True, _NLL_SAMPLES.value, _NUM_SAMPLES.value
-  c.eval.nll_examples = _NLL_EXAMPLES.value
-  c.log_every_steps = _LOG_EVERY.value
+  for name, value in {**BUDGET, **overrides}.items():
+    *parents, leaf = name.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
   c.eval_batch_size = min(c.eval_batch_size, 1000)
   config_lib.validate(c)
   return c
@@ -82,11 +77,9 @@ def training_speeds(configs: dict, image_shape, steps: int, rounds: int) -> dict
   over rounds. Interleaving keeps a noisy, shared machine from favouring one member."""
   runs = {}
   for member, cfg in configs.items():
-    model = models.from_config(cfg, image_shape)
+    model = train.build_model(cfg, image_shape)
     state = train.create_train_state(model, cfg, jax.random.key(0))
-    step = jax.jit(functools.partial(train.train_step, objective=objectives.from_config(cfg, model.apply),
-                                     corrupt=noise.corruption_fn(cfg.noise),
-                                     binarize=cfg.data.binarize == "dynamic"))
+    step = jax.jit(train.bind_steps(cfg, model).train)
     batch = {"image": jax.random.uniform(jax.random.key(1), (cfg.batch_size, *image_shape))}
     state, _ = step(state, batch, jax.random.key(2))  # compile
     runs[member] = [step, state, batch, []]
@@ -123,12 +116,12 @@ def markdown(results: dict, budget: str) -> str:
 
 def figure(path: str, trained: dict, ds: data.Dataset, n: int = 8) -> None:
   """A row per member: its reconstructions of n test digits (the first row), a gap, n samples."""
-  index = np.linspace(0, len(ds.test_x) - 1, n).astype(np.int32)
-  x = ds.test_x[index]
+  index = np.linspace(0, len(ds.test) - 1, n).astype(np.int32)
+  x = transforms.to_float(ds.test[index])
   gap = np.full((1, *x.shape[1:]), np.nan, np.float32)  # drawn blank
   rows, labels = [x], ["test digits"]
   for member, (model, params, cfg) in trained.items():
-    z = None if model.latent == "gaussian" else probes.embed(model, params, ds.train_x[:10_000])
+    z = None if model.latent == "gaussian" else probes.embed(model, params, ds.train[:10_000])
     drawn, _ = probes.sample(model, params, n, cfg.seed, train_z=z, components=cfg.eval.gmm_components)
     rows.append(np.concatenate([probes.reconstruct(model, params, x), gap, drawn]))
     labels.append(member)
@@ -141,7 +134,8 @@ def main(argv):
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _WORKDIR.value:
     cli.fail("--workdir is required")
-  configs = {m: member_config(m) for m in _MEMBERS.value}  # every member checked before any work
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  configs = {m: member_config(m, overrides) for m in _MEMBERS.value}  # every member checked before any work
   cli.start_process()
   workdir = _WORKDIR.value
   results, trained, ds = {}, {}, None
@@ -158,9 +152,11 @@ def main(argv):
   for member, r in results.items():
     r["images_per_sec"] = speeds[member]
     r["speed_vs_ae"] = speeds[member] / speeds["ae"] if "ae" in speeds else None
-  budget = (f"{_EPOCHS.value} epochs at batch {_BATCH.value}, {ds.source}: {len(ds.train_x)} train / "
-            f"{len(ds.test_x)} test, seed {_SEED.value}")
-  metrics.write_json(os.path.join(workdir, "compare.json"), {"budget": budget, "members": results})
+  first = next(iter(configs.values()))
+  budget = (f"{first.num_epochs} epochs at batch {first.batch_size}, {ds.source}: {len(ds.train)} train / "
+            f"{len(ds.test)} test, seed {first.seed}")
+  metrics.write_json(os.path.join(workdir, "compare.json"),
+                     {"budget": budget, "overrides": overrides, "members": results})
   with open(os.path.join(workdir, "compare.md"), "w") as f:
     f.write(markdown(results, budget))
   figure(os.path.join(workdir, "compare.png"), trained, ds)

@@ -13,7 +13,8 @@ from absl import flags
 import jax
 import numpy as np
 
-from ae_jax import data, losses, metrics, noise, objectives, plots, probes, train
+from ae_jax import data, losses, metrics, objectives, plots, probes, train
+from ae_jax.data import transforms
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -28,8 +29,8 @@ def corruption(kind: str, level, trained_noise):
   """The per-example corruption of `kind` at `level` (sigma or nu), which may be traced."""
   if kind == "gaussian":
     mean = trained_noise.mean if trained_noise.kind == "gaussian" else 0.5
-    return functools.partial(noise.gaussian, mean=mean, std=level, clip=True)
-  return functools.partial({"masking": noise.masking, "salt_and_pepper": noise.salt_and_pepper}[kind],
+    return functools.partial(transforms.gaussian, mean=mean, std=level, clip=True)
+  return functools.partial({"masking": transforms.masking, "salt_and_pepper": transforms.salt_and_pepper}[kind],
                            nu=level)
 
 
@@ -39,7 +40,7 @@ def _eval_at_level(params, batch, key, level, *, kind, objective, trained_noise)
 
 
 def _corrupt_at_level(key, x_BHWC, index_B, level, *, kind, trained_noise):
-  return noise.corrupt_batch(corruption(kind, level, trained_noise), key, x_BHWC, index_B)
+  return transforms.corrupt_batch(corruption(kind, level, trained_noise), key, x_BHWC, index_B)
 
 
 def run(workdir: str, data_dir: str | None = None, num_images: int = 8) -> list[dict]:
@@ -49,24 +50,25 @@ def run(workdir: str, data_dir: str | None = None, num_images: int = 8) -> list[
     cfg.data.dir = data_dir
   ds = data.load(cfg.data)
   eval_key = train.run_keys(cfg.seed)["eval"]
-  shown = np.linspace(0, len(ds.test_x) - 1, num_images).astype(np.int32)
-  objective = objectives.from_config(cfg, trained.model.apply)
+  shown = np.linspace(0, len(ds.test) - 1, num_images).astype(np.int32)
+  clean_x = transforms.to_float(ds.test[shown])
+  objective = objectives.bind(cfg, trained.model.apply)
   rows = []
   for kind, levels in LEVELS.items():
     # The level is a traced argument: one compilation per kind, not per level.
     eval_fn = jax.jit(functools.partial(_eval_at_level, kind=kind, objective=objective,
                                         trained_noise=cfg.noise))
     corrupt_fn = jax.jit(functools.partial(_corrupt_at_level, kind=kind, trained_noise=cfg.noise))
-    figure, labels = [ds.test_x[shown]], ["clean"]
+    figure, labels = [clean_x], ["clean"]
     for level in levels:
       at_level = functools.partial(eval_fn, level=np.float32(level))
-      result = train.evaluate(at_level, trained.params, ds.test_x, eval_key, cfg.eval_batch_size)
+      result = train.evaluate(at_level, trained.params, ds.test, eval_key, cfg.eval_batch_size)
       param = "sigma" if kind == "gaussian" else "nu"
       trained_here = cfg.noise.kind == kind and np.isclose(
           level, cfg.noise.std if kind == "gaussian" else cfg.noise.nu)
       rows.append({"kind": kind, param: level, "trained_level": bool(trained_here), **{k: result[k] for k in (
           "corruption_mse", "corruption_psnr", "recon_mse", "recon_psnr", "recon_from_clean_mse")}})
-      noisy = np.asarray(corrupt_fn(eval_key, ds.test_x[shown], shown, np.float32(level)))  # eval noise
+      noisy = np.asarray(corrupt_fn(eval_key, clean_x, shown, np.float32(level)))  # eval noise
       figure += [noisy, probes.reconstruct(trained.model, trained.params, noisy)]
       labels += [f"{param}={level} in", f"{param}={level} out"]
     plots.image_rows(os.path.join(workdir, f"sweep_{kind}.png"), figure, labels,

@@ -35,7 +35,7 @@ def write_mnist_idx(directory: str, arrays, gz: bool = True) -> str:
   os.makedirs(directory, exist_ok=True)
   train_x, train_y, test_x, test_y = arrays
   suffix = ".gz" if gz else ""
-  for (split, what), name in data.IDX_FILES.items():
+  for (split, what), name in data.idx.FILES.items():
     x = {"train": train_x, "test": test_x}[split] if what == "images" else \
         {"train": train_y, "test": test_y}[split]
     if what == "images":

@@ -1,4 +1,4 @@
-"""experiments.benchmark's JSON lines, and what experiments.keep_freed_memory() changes."""
+"""tools.benchmark's JSON lines, and what experiments.keep_freed_memory() changes."""
 
 import json
 import statistics
@@ -11,7 +11,7 @@ from conftest import REPO
 
 
 def test_one_json_line_per_configuration():
-  cmd = [sys.executable, "-m", "experiments.benchmark", "--models=ae,dae", "--batch_sizes=16",
+  cmd = [sys.executable, "-m", "tools.benchmark", "--models=ae,dae", "--batch_sizes=16",
          "--impls=subpixel", "--steps_per_call=1", "--windows=2", "--window_s=0.2"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]

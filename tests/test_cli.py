@@ -23,9 +23,28 @@ def test_help_lists_every_config_field_and_exits_0():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "--workdir" in proc.stdout and "--num_processes" in proc.stdout
   from ae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  for f in config_lib.FIELDS:
+  for f in config_lib.all_fields():
     assert f"--config.{f.name}: " in proc.stdout, f.name
   assert "default 16; expected a positive integer; rerun: never" in proc.stdout  # model.latent_dim
+
+
+@pytest.mark.parametrize("command,own", [("train", "allow_config_change"), ("compare", "--members"),
+                                         ("probe", "--max_train"), ("noise_sweep", "--num_images")])
+def test_every_command_help_lists_its_own_flags_first(command, own):
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{command}", "--help"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  head = proc.stdout.split("experiments.cli:")[0]  # the command's own flags come before the shared ones
+  assert own in head and "--workdir" in head, proc.stdout[:2000]
+  assert "absl.logging" not in proc.stdout  # the libraries' flags only with --helpfull
+
+
+def test_an_override_without_a_config_file_says_what_is_missing():
+  proc = _cli("--workdir=x", "--config.data.source=embedded")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [
+      "error: --config.data.source: overrides a config field, so it needs a config file first: add "
+      "--config experiments/configs/NAME.py (ae_mnist.py holds the defaults)"]
 
 
 @pytest.mark.parametrize("args,expected", [

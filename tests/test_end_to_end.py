@@ -10,9 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ae_jax import metrics
+from ae_jax import metrics, train
 from conftest import REPO
-from experiments import fault_drill
 
 
 def _train(workdir, idx_dir, *overrides, devices=1, check=True):
@@ -49,7 +48,7 @@ def _eval(workdir):
 
 
 def _assert_same_run(a, b):
-  same = fault_drill.compare(str(a), str(b))  # params bit for bit, eval.json, metrics.jsonl
+  same = train.compare_runs(str(a), str(b))  # params bit for bit, eval.json, metrics.jsonl
   assert same["params_bit_identical"] and same["eval_json_identical"] and same["metrics_identical"], same
 
 

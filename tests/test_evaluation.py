@@ -11,9 +11,19 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ae_jax import data, evaluation, frechet, objectives, probes
+from ae_jax import data, evaluation, frechet, objectives, probes, train
+from ae_jax.data import transforms
+from ae_jax.objectives import vae
 from conftest import REPO
-from test_objectives import _setup
+import oracle
+
+
+def _setup(objective, **fields):
+  cfg = oracle.tiny_config(objective, **{k.replace(".", "__"): v for k, v in fields.items()})
+  model = oracle.tiny_model(cfg)
+  state = train.create_train_state(model, cfg, jax.random.key(0))
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (4, 8, 8, 1)), np.float32)
+  return cfg, model, state, {"image": x, "input": x, "position": jnp.arange(4)}
 
 
 def test_frechet_distance_of_a_set_to_itself_is_zero():
@@ -43,14 +53,13 @@ def test_frechet_distance_matches_the_closed_forms():
 def test_feature_classifier_is_deterministic_cached_and_accurate(tmp_path, monkeypatch):
   monkeypatch.setenv("AE_JAX_CACHE", str(tmp_path))
   train_x, train_y, test_x, test_y = data.load_embedded()
-  train_x = train_x.astype(np.float32) / 255
-  test_x = test_x.astype(np.float32) / 255
-  model, params = frechet.classifier(train_x, train_y)
+  train = data.ArraySource(train_x, train_y)
+  model, params = frechet.classifier(train)
   cached = [f for f in os.listdir(tmp_path) if f.startswith("frechet-classifier")]
   assert len(cached) == 1
-  again = frechet._train(train_x, train_y)  # trained anew: the same params
+  again = frechet._train(train)  # trained anew: the same params
   jax.tree.map(np.testing.assert_array_equal, params, again)
-  _, loaded = frechet.classifier(train_x, train_y)  # from the cache
+  _, loaded = frechet.classifier(data.ArraySource(train_x.copy(), train_y.copy()))  # from the cache
   jax.tree.map(np.testing.assert_array_equal, params, loaded)
   assert frechet.accuracy(model, params, test_x, test_y) > 0.85
   assert frechet.features(model, params, test_x[:10]).shape == (10, 128)
@@ -73,16 +82,15 @@ def test_importance_nll_is_the_iwae_bound_and_tightens_with_samples():
   cfg, model, state, batch = _setup("vae")
   x = np.round(np.asarray(batch["image"]))
   key = jax.random.key(4)
-  one = evaluation.importance_nll(model.apply, state.params, x, key, 1, likelihood="bernoulli", scale=None,
-                                  batch_size=3)  # a padded last batch
+  log_weights = objectives.get("vae").log_weights(cfg, model.apply)
+  one = evaluation.importance_nll(log_weights, state.params, x, key, 1, batch_size=3)  # a padded last batch
   keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, 0), jnp.arange(len(x)))
-  parts, _, _ = objectives.sample_parts(state.params, x, x, keys_B, 1, apply_fn=model.apply,
-                                        likelihood="bernoulli", scale=None)
-  np.testing.assert_allclose(one, -objectives.iwae_bound(parts), rtol=1e-6)
-  many = evaluation.importance_nll(model.apply, state.params, x, key, 120, likelihood="bernoulli",
-                                   scale=None, chunk=50)
-  vae = objectives.from_config(cfg, model.apply)
-  elbo = np.mean(jax.vmap(lambda k: vae(state.params, {**batch, "image": x, "input": x}, k)[1]["elbo"])(
+  parts, _, _ = vae.sample_parts(state.params, x, x, keys_B, 1, apply_fn=model.apply,
+                                 likelihood="bernoulli", scale=None)
+  np.testing.assert_allclose(one, -vae.iwae_bound(parts), rtol=1e-6)
+  many = evaluation.importance_nll(log_weights, state.params, x, key, 120, chunk=50)
+  elbo_fn = objectives.bind(cfg, model.apply)
+  elbo = np.mean(jax.vmap(lambda k: elbo_fn(state.params, {**batch, "image": x, "input": x}, k)[1]["elbo"])(
       jax.random.split(key, 1000)), axis=0)  # the ELBO's expectation, to ~0.01 nats
   assert np.all(many < -elbo)  # log p(x) >= its 120-sample bound >= the ELBO
 
@@ -113,6 +121,18 @@ def test_sampling_traversals_and_interpolation_for_every_latent():
     want = z.copy()
     want[1] = 2.0
     np.testing.assert_allclose(t[1, 2], probes.decode(model, state.params, want[None])[0], rtol=1e-5)
+    # By default each dimension moves over its own spread: mean +- k std of reference latents.
+    ref = np.random.default_rng(1).normal([0.5, -3.0], [2.0, 0.1], size=(400, 2)).astype(np.float32)
+    scaled = probes.traverse(model, state.params, x[0], z_reference=ref, sigmas=(-1.0, 1.0), dims=[1])
+    want[1] = ref[:, 1].mean() + ref[:, 1].std()
+    np.testing.assert_allclose(scaled[0, 1], probes.decode(model, state.params, want[None])[0], rtol=1e-5)
+    if model.latent == "gaussian":  # the prior's N(0, 1) without a reference
+      want[1] = -2.0
+      np.testing.assert_allclose(probes.traverse(model, state.params, x[0], sigmas=(-2.0,))[1, 0],
+                                 probes.decode(model, state.params, want[None])[0], rtol=1e-5)
+    else:
+      with pytest.raises(ValueError, match="no prior to scale a traversal by: pass z_reference"):
+        probes.traverse(model, state.params, x[0])
 
 
 @pytest.mark.parametrize("objective", ["ae", "vae", "vqvae"])
@@ -121,28 +141,35 @@ def test_final_eval_reports_every_number_for_each_latent(objective, tmp_path, mo
   cfg, model, state, _ = _setup(objective, **{"eval.nll_samples": 6, "eval.num_samples": 60,
                                               "eval.gmm_components": 2, "data.binarize": "dynamic"})
   rng = np.random.default_rng(0)
-  ds = data.Dataset(rng.uniform(size=(80, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 80),
-                    rng.uniform(size=(30, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 30), "random")
+  ds = data.Dataset(data.ArraySource(rng.integers(0, 256, (80, 8, 8, 1), np.uint8), rng.integers(0, 3, 80)),
+                    data.ArraySource(rng.integers(0, 256, (30, 8, 8, 1), np.uint8), rng.integers(0, 3, 30)),
+                    "random")
   out = evaluation.final(model, state.params, cfg, ds, jax.random.key(0))
-  recon = probes.reconstruct(model, state.params, ds.test_x)
-  assert out["det_recon_mse"] == pytest.approx(float(np.mean((recon - ds.test_x) ** 2)), rel=1e-5)
-  assert out["ssim"] == pytest.approx(evaluation.ssim(recon, ds.test_x))
+  test_x = ds.test[:].astype(np.float32) / 255
+  recon = probes.reconstruct(model, state.params, test_x)
+  assert out["det_recon_mse"] == pytest.approx(float(np.mean((recon - test_x) ** 2)), rel=1e-5)
+  assert out["ssim"] == pytest.approx(evaluation.ssim(recon, test_x))
   assert 0 <= out["active_units"] <= out["latent_size"] == int(np.prod(model.latent_shape()))
   assert np.isfinite(out["frechet_distance"]) and out["frechet_floor"] >= 0
   assert ("nll" in out) == (objective == "vae") and ("vq_perplexity" in out) == (objective == "vqvae")
   if objective == "vae":  # on the fixed binarisation of the test set
-    binary = np.asarray(objectives.binarize(jax.random.key(0), jnp.asarray(ds.test_x), jnp.arange(30)))
+    binary = np.asarray(transforms.binarize(jax.random.key(0), jnp.asarray(test_x), jnp.arange(30)))
     nll_key = jax.random.fold_in(jax.random.key(0), 1)
-    want = evaluation.importance_nll(model.apply, state.params, binary, nll_key, 6, likelihood="bernoulli",
-                                     scale=None)
+    want = evaluation.importance_nll(objectives.get("vae").log_weights(cfg, model.apply), state.params,
+                                     binary, nll_key, 6)
     assert out["nll"] == pytest.approx(float(np.mean(want)), rel=1e-5) and out["nll_examples"] == 30
+  # Without labels: no probes, no Fréchet classifier, and eval.json says so.
+  unlabelled = data.Dataset(data.ArraySource(ds.train[:]), data.ArraySource(ds.test[:]), "random")
+  out = evaluation.final(model, state.params, cfg, unlabelled, jax.random.key(0))
+  assert out["labels"].startswith("none") and "frechet_distance" not in out and "knn_accuracy" not in out
+  assert out["det_recon_mse"] > 0
 
 
 def test_compare_trains_members_and_writes_the_table(tmp_path):
   cmd = [sys.executable, "-m", "experiments.compare", "--workdir", str(tmp_path),
-         "--members=ae,vae", "--data_source=embedded", "--train_size=128", "--test_size=60",
-         "--num_epochs=1", "--batch_size=64", "--nll_samples=4", "--num_samples=100",
-         "--speed_steps=1", "--speed_rounds=1"]
+         "--members=ae,vae", "--config.data.source=embedded", "--config.data.train_size=128",
+         "--config.data.test_size=60", "--config.num_epochs=1", "--config.batch_size=64",
+         "--config.eval.nll_samples=4", "--config.eval.num_samples=100", "--speed_steps=1", "--speed_rounds=1"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "compare.json").read_text())["members"]

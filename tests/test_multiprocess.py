@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from ae_jax import checkpoint, metrics
-from experiments import fault_drill
-from experiments import multiprocess_agreement as agreement
+from ae_jax import checkpoint, metrics, train
+import processes as agreement
 
 distance = metrics.relative_distance
 
@@ -47,7 +46,7 @@ def test_two_processes_match_one_process_and_one_device(runs):
   # The layouts sum gradients in different orders (rounding ~1e-8 relative here). A
   # ReLU pre-activation that falls within that rounding of 0 takes different sides in
   # two layouts and grows the gap to ~1e-5 in one step (measured on random images,
-  # experiments/wrapper_agreement.py; with GELU in place of ReLU it stays ~2e-8); this
+  # tests/wrappers.py; with GELU in place of ReLU it stays ~2e-8); this
   # run has no such tie: all three pairs agree to < 2e-8 at steps 2 and 4.
   for step in (2, 4):
     p22, p14, p11 = (_params(runs[k], step) for k in ("2x2", "1x4", "1x1"))
@@ -129,5 +128,5 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_is_bit_iden
   print(f"SIGTERM to process 1: both exited 143 after {seconds:.1f} s, at step {step}")
   agreement.check(_wait(reference))
   agreement.check(_wait(agreement.start(tmp_path / "run", tmp_path, 2, 2, args, "rerun")))
-  same = fault_drill.compare(str(tmp_path / "run"), str(tmp_path / "reference"))
+  same = train.compare_runs(str(tmp_path / "run"), str(tmp_path / "reference"))
   assert same["params_bit_identical"] and same["eval_json_identical"] and same["metrics_identical"], same

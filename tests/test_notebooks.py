@@ -23,7 +23,7 @@ TEST_PARAMETERS = {
 CLAIMS = {
     # Reconstructions look like their inputs: each is closer to its own input than to the mean image.
     "01_autoencoder.ipynb": """
-mean_image = ds.train_x.mean(0)
+mean_image = data.to_float(ds.train[:]).mean(0)
 claims = {"to_input": float(((recon - x) ** 2).mean()),
           "to_mean_image": float(((recon - mean_image) ** 2).mean()),
           "own_input_nearest": float(np.mean([np.argmin(((recon[i] - x) ** 2).sum((1, 2, 3))) == i

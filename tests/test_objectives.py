@@ -9,25 +9,17 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import config as config_lib
-from ae_jax import models, noise, objectives, parallel, train
-from test_train import MODEL, _conv_same, _np
+from ae_jax import objectives, parallel, train
+from ae_jax.data import transforms
+from ae_jax.objectives import reconstruction, vae, vq
+import oracle
 
 B = 4
 
 
 def _setup(objective, **fields):
-  cfg = config_lib.get_default()
-  cfg.objective = objective
-  for name, value in fields.items():
-    node = cfg
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  latent = models.LATENT_OF_OBJECTIVE.get(objective, "dense")
-  learned = objective in ("vae", "iwae") and cfg.vae.likelihood == "gaussian" and cfg.vae.scale is None
-  model = models.Autoencoder(**MODEL, latent=latent, num_codes=5, learned_scale=learned)
+  cfg = oracle.tiny_config(objective, **{k.replace(".", "__"): v for k, v in fields.items()})
+  model = oracle.tiny_model(cfg)
   state = train.create_train_state(model, cfg, jax.random.key(0))
   x = np.asarray(jax.random.uniform(jax.random.key(1), (B, 8, 8, 1)), np.float32)
   batch = {"image": x, "input": x, "position": jnp.arange(B)}
@@ -53,19 +45,19 @@ def test_gaussian_kl_matches_a_monte_carlo_estimate():
   log_q = -0.5 * np.sum(np.log(2 * np.pi) + logvar + (z - mean) ** 2 / np.exp(logvar), -1)
   log_p = -0.5 * np.sum(np.log(2 * np.pi) + z**2, -1)
   mc = np.mean(log_q - log_p, axis=0)
-  closed = np.asarray(objectives.gaussian_kl(jnp.asarray(mean), jnp.asarray(logvar)))
+  closed = np.asarray(vae.gaussian_kl(jnp.asarray(mean), jnp.asarray(logvar)))
   np.testing.assert_allclose(closed, _np_kl(mean, logvar), rtol=1e-5)
   np.testing.assert_allclose(closed, mc, rtol=0.02, atol=0.01)
 
 
 def test_vae_loss_is_bernoulli_nats_plus_beta_kl_from_per_example_keys():
   cfg, model, state, batch = _setup("vae", **{"vae.beta": 2.5})
-  objective = objectives.from_config(cfg, model.apply)
+  objective = objectives.bind(cfg, model.apply)
   key = jax.random.key(3)
-  loss_B, m = objective(state.params, batch, key)
+  loss_B, m, _ = objective(state.params, batch, key)
   mean, logvar = model.apply({"params": state.params}, batch["input"], method="posterior")
   # Independent: example b's noise from fold_in(key, b), decoded one at a time.
-  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, b), (1, MODEL["latent_dim"])))[0]
+  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, b), (1, cfg.model.latent_dim)))[0]
                   for b in range(B)])
   z = np.asarray(mean, np.float64) + np.exp(np.asarray(logvar, np.float64) / 2) * eps
   logits = model.apply({"params": state.params}, jnp.asarray(z, jnp.float32), method="decode_logits")
@@ -79,11 +71,11 @@ def test_vae_loss_is_bernoulli_nats_plus_beta_kl_from_per_example_keys():
 
 def test_kl_warmup_ramps_beta_from_zero():
   cfg, model, state, batch = _setup("vae", **{"vae.kl_warmup_steps": 10})
-  objective = objectives.from_config(cfg, model.apply)
+  objective = objectives.bind(cfg, model.apply)
   key = jax.random.key(3)
-  _, m = objective(state.params, batch, key)
+  _, m, _ = objective(state.params, batch, key)
   for step, w in ((0, 0.0), (4, 0.4), (10, 1.0), (25, 1.0)):
-    loss_B, _ = objective(state.params, {**batch, "step": jnp.asarray(step)}, key)
+    loss_B, _, _ = objective(state.params, {**batch, "step": jnp.asarray(step)}, key)
     np.testing.assert_allclose(loss_B, -m["log_px_z"] + w * m["kl"], rtol=1e-5)
 
 
@@ -93,7 +85,7 @@ def test_gaussian_likelihood_fixed_and_learned_scale():
     if scale is None:
       assert state.params["log_scale"].shape == ()
       state = state.replace(params={**state.params, "log_scale": jnp.asarray(np.log(0.3), jnp.float32)})
-    _, m = objectives.from_config(cfg, model.apply)(state.params, batch, jax.random.key(3))
+    _, m, _ = objectives.bind(cfg, model.apply)(state.params, batch, jax.random.key(3))
     sigma = 0.1 if scale else 0.3
     mean, logvar = model.apply({"params": state.params}, batch["input"], method="posterior")
     eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(3), b), (1, 2)))[0]
@@ -108,18 +100,18 @@ def test_gaussian_likelihood_fixed_and_learned_scale():
 
 def test_iwae_with_one_sample_is_the_one_sample_elbo_and_matches_vae_on_average():
   cfg, model, state, batch = _setup("iwae", **{"vae.num_samples": 1})
-  iwae = objectives.from_config(cfg, model.apply)
+  iwae = objectives.bind(cfg, model.apply)
   key = jax.random.key(5)
-  loss_B, _ = iwae(state.params, batch, key)
+  loss_B, _, _ = iwae(state.params, batch, key)
   keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, batch["position"])
-  parts, _, _ = objectives.sample_parts(state.params, batch["input"], batch["image"], keys_B, 1,
+  parts, _, _ = vae.sample_parts(state.params, batch["input"], batch["image"], keys_B, 1,
                                         apply_fn=model.apply, likelihood="bernoulli", scale=None)
   one_sample_elbo = parts.log_px_z[:, 0] + parts.log_pz[:, 0] - parts.log_qz_x[:, 0]
   np.testing.assert_allclose(-loss_B, one_sample_elbo, rtol=1e-6)
   # E[one-sample ELBO] = the closed-form-KL ELBO the vae objective reports.
-  vae = objectives.from_config(_setup("vae")[0], model.apply)
+  elbo = objectives.bind(_setup("vae")[0], model.apply)
   draws = jax.jit(jax.vmap(lambda k: (iwae(state.params, batch, k)[0],
-                                      vae(state.params, batch, k)[1]["elbo"])))(
+                                      elbo(state.params, batch, k)[1]["elbo"])))(
       jax.random.split(jax.random.key(6), 2000))
   np.testing.assert_allclose(-np.mean(draws[0], 0), np.mean(draws[1], 0), rtol=2e-3)
 
@@ -127,15 +119,15 @@ def test_iwae_with_one_sample_is_the_one_sample_elbo_and_matches_vae_on_average(
 def test_iwae_bound_is_the_log_mean_exp_of_the_weights():
   rng = np.random.default_rng(1)
   a, b, c = (rng.normal(size=(3, 6)) * 20 for _ in range(3))
-  parts = objectives.VaeParts(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c), None)
+  parts = vae.VaeParts(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c), None)
   w = a + b - c
   ref = np.log(np.mean(np.exp(w - w.max(1, keepdims=True)), 1)) + w.max(1)
-  np.testing.assert_allclose(objectives.iwae_bound(parts), ref, rtol=1e-6)
+  np.testing.assert_allclose(vae.iwae_bound(parts), ref, rtol=1e-6)
   # More samples: a tighter bound on average.
   cfg, model, state, batch = _setup("iwae")
   bounds = {}
   for k in (1, 20):
-    fn = jax.jit(objectives.from_config(_setup("iwae", **{"vae.num_samples": k})[0], model.apply))
+    fn = jax.jit(objectives.bind(_setup("iwae", **{"vae.num_samples": k})[0], model.apply))
     bounds[k] = np.mean(fn(state.params, batch, jax.random.key(2))[1]["iwae_bound"])
   assert bounds[20] > bounds[1]
 
@@ -143,7 +135,7 @@ def test_iwae_bound_is_the_log_mean_exp_of_the_weights():
 def test_sparse_penalties_by_hand():
   for penalty in ("l1", "kl"):
     cfg, model, state, batch = _setup("sparse", **{"sparse.penalty": penalty, "sparse.weight": 0.5})
-    loss_B, m = objectives.from_config(cfg, model.apply)(state.params, batch, jax.random.key(0))
+    loss_B, m, _ = objectives.bind(cfg, model.apply)(state.params, batch, jax.random.key(0))
     z = np.asarray(model.apply({"params": state.params}, batch["input"], method="encode"), np.float64)
     if penalty == "l1":
       ref = np.abs(z).sum(-1)
@@ -154,27 +146,20 @@ def test_sparse_penalties_by_hand():
     np.testing.assert_allclose(loss_B, m["recon_loss"] + 0.5 * ref, rtol=1e-6)
 
 
-def _np_encode(p, x):
-  e = _np(p)["encoder"]
-  h = np.maximum(_conv_same(x, e["conv0"]["kernel"], e["conv0"]["bias"], 2), 0)
-  h = np.maximum(_conv_same(h, e["conv1"]["kernel"], e["conv1"]["bias"], 2), 0)
-  return h.reshape(len(x), -1) @ e["latent"]["kernel"] + e["latent"]["bias"]
-
-
 def test_contractive_penalty_matches_finite_differences():
   cfg, model, state, batch = _setup("contractive", **{"contractive.weight": 0.3})
-  loss_B, m = objectives.from_config(cfg, model.apply)(state.params, batch, jax.random.key(0))
+  loss_B, m, _ = objectives.bind(cfg, model.apply)(state.params, batch, jax.random.key(0))
   x = np.asarray(batch["input"], np.float64)
   h = 1e-6
   fro2 = []
   for b in range(B):  # central differences, float64, one pixel at a time
     eye = np.eye(x[b].size).reshape(-1, *x.shape[1:]) * h
-    jac = (_np_encode(state.params, x[b] + eye) - _np_encode(state.params, x[b] - eye)) / (2 * h)
+    jac = (oracle.encode(state.params, x[b] + eye) - oracle.encode(state.params, x[b] - eye)) / (2 * h)
     fro2.append(np.sum(jac**2))
   np.testing.assert_allclose(m["jacobian_fro2"], fro2, rtol=1e-4)
   np.testing.assert_allclose(loss_B, m["recon_loss"] + 0.3 * np.asarray(fro2), rtol=1e-5)
   # Its gradient reaches the encoder (second-order autodiff), not the decoder.
-  grads = jax.grad(lambda p: jnp.mean(objectives.contractive_penalty(
+  grads = jax.grad(lambda p: jnp.mean(reconstruction.contractive_penalty(
       lambda xi: model.apply({"params": p}, xi[None], method="encode")[0], batch["input"][0])))(state.params)
   assert np.abs(grads["encoder"]["conv0"]["kernel"]).max() > 0
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads["decoder"]))
@@ -201,7 +186,7 @@ def test_vq_straight_through_gradient_and_codebook_loss_by_hand():
   apply_fn, params = _fake_vq(codebook)
   x = np.array([[[[0.1, 0.2]], [[0.5, 0.6]]]], np.float32)  # [B=1, 2, 1, 2]
   batch = {"image": np.full((1, 2, 2, 1), 0.3, np.float32), "input": x, "position": jnp.arange(1)}
-  fn = functools.partial(objectives.vqvae, apply_fn=apply_fn, loss="mse", commitment=0.25, ema=False)
+  fn = functools.partial(vq.vqvae, apply_fn=apply_fn, loss="mse", commitment=0.25, ema=False)
   loss, grads = jax.value_and_grad(lambda p: jnp.mean(fn(p, batch, None)[0]))(params)
   z_e = 1.5 * x.astype(np.float64)  # [[0.15, 0.3], [0.75, 0.9]] -> codes 0 and 1
   z_q = codebook[[0, 1]]
@@ -226,15 +211,15 @@ def test_vq_ema_codebook_update_by_hand():
   apply_fn, params = _fake_vq(codebook)
   x = np.array([[[[0.1, 0.2]], [[0.5, 0.6]]], [[[0.7, 0.8]], [[0.0, 0.1]]]], np.float32)  # B=2
   batch = {"image": np.zeros((2, 2, 2, 1), np.float32), "input": x, "position": jnp.arange(2)}
-  fn = functools.partial(objectives.vqvae, apply_fn=apply_fn, loss="mse", commitment=0.25, ema=True)
-  (_, m), grads = jax.value_and_grad(lambda p: (lambda lb, mb: (jnp.mean(lb), mb))(*fn(p, batch, None)),
-                                     has_aux=True)(params)
+  fn = functools.partial(vq.vqvae, apply_fn=apply_fn, loss="mse", commitment=0.25, ema=True)
+  (_, stats_B), grads = jax.value_and_grad(lambda p: (lambda lb, mb, sb: (jnp.mean(lb), sb))(*fn(p, batch, None)),
+                                           has_aux=True)(params)
   assert np.all(grads["codebook"] == 0)  # with EMA the codes get no gradient
-  stats = jax.tree.map(lambda v: jnp.sum(v, 0), m[objectives.OPTIMIZER_ARGS])
+  stats = jax.tree.map(lambda v: jnp.sum(v, 0), stats_B)
   z = 1.5 * x.reshape(4, 2).astype(np.float64)  # codes: 0, 1, 1, 0
   np.testing.assert_allclose(stats["vq_counts"], [2, 2, 0])
   np.testing.assert_allclose(stats["vq_sums"], [z[0] + z[3], z[1] + z[2], [0, 0]], rtol=1e-6)
-  tx = objectives.vq_ema(0.9, epsilon=1e-5)
+  tx = vq.vq_ema(0.9, epsilon=1e-5)
   opt = tx.init(params)
   updates, opt = tx.update({"w": 0.0, "codebook": jnp.zeros(3)}, opt, params, **stats)
   size = 0.9 * 1 + 0.1 * np.array([2, 2, 0])
@@ -247,27 +232,26 @@ def test_vq_ema_codebook_update_by_hand():
 
 def test_vqvae_ema_train_step_moves_codes_to_the_mean_of_their_vectors():
   cfg, model, state, batch = _setup("vqvae", **{"vq.ema_decay": 0.5})
-  step = jax.jit(functools.partial(train.train_step, objective=objectives.from_config(cfg, model.apply)))
+  step = jax.jit(train.bind_steps(cfg, model).train)
   new, m = step(state, {"image": batch["image"]}, jax.random.key(0))
   chex.assert_trees_all_equal_shapes(new.params, state.params)
   z = model.apply({"params": state.params}, batch["image"], method="encode")
   _, codes = model.apply({"params": state.params}, z, method="quantize")
-  codes, z = np.asarray(codes).ravel(), np.asarray(z).reshape(-1, MODEL["latent_dim"])
+  codes, z = np.asarray(codes).ravel(), np.asarray(z).reshape(-1, cfg.model.latent_dim)
   for k in np.unique(codes):
     n_k, s_k = np.sum(codes == k), z[codes == k].sum(0)
     # N = .5 + .5 n_k, m = .5 e_k + .5 s_k (before smoothing, which moves it by ~1e-5)
     want = (0.5 * np.asarray(state.params["codebook"][k]) + 0.5 * s_k) / (0.5 + 0.5 * n_k)
     np.testing.assert_allclose(new.params["codebook"][k], want, rtol=1e-3, atol=1e-5)
-  assert "optimizer_args" not in m and {"loss", "mse", "commitment"} <= set(m)
+  assert set(m) == {"loss", "mse", "recon_loss", "commitment"}  # the statistics went to the optimizer
 
 
-@pytest.mark.parametrize("objective", objectives.NAMES)
+@pytest.mark.parametrize("objective", list(objectives.REGISTRY))
 def test_every_objective_composes_with_corruption_binarisation_bf16_and_scan(objective):
-  cfg, _, state, batch = _setup(objective, **{"vq.ema_decay": 0.9})
-  model = models.Autoencoder(**MODEL, latent=models.LATENT_OF_OBJECTIVE.get(objective, "dense"),
-                             num_codes=5, dtype=jnp.bfloat16)  # the same params, bf16 compute
-  fn = objectives.from_config(cfg, model.apply)
-  corrupt = functools.partial(noise.masking, nu=0.3)
+  cfg, _, state, batch = _setup(objective, **{"vq.ema_decay": 0.9, "model.dtype": "bfloat16"})
+  model = oracle.tiny_model(cfg)  # the same params, bf16 compute
+  fn = objectives.bind(cfg, model.apply)
+  corrupt = functools.partial(transforms.masking, nu=0.3)
   place = parallel.placement("jit", tuple(jax.devices()[:1]), B)
   step = place.compile(functools.partial(train.train_step, objective=fn, corrupt=corrupt, binarize=True))
   images = np.stack([batch["image"], batch["image"][::-1]])  # 2 steps in one compiled call (lax.scan)
@@ -277,15 +261,14 @@ def test_every_objective_composes_with_corruption_binarisation_bf16_and_scan(obj
       place.get_state(new).params, {"image": batch["image"], "mask": np.array([1, 1, 1, 0], bool),
                                     "position": np.arange(4)}, jax.random.key(1))
   assert {"loss", "recon_mse", "corruption_mse", "recon_from_clean_mse"} <= set(ev)
-  assert "optimizer_args" not in ev
 
 
 def test_binarisation_depends_on_step_key_and_index_only():
   x = jnp.full((3, 4, 4, 1), 0.3)
-  a = objectives.binarize(jax.random.key(0), x, jnp.arange(3))
-  b = objectives.binarize(jax.random.key(0), x[1:], jnp.arange(1, 3))
+  a = transforms.binarize(jax.random.key(0), x, jnp.arange(3))
+  b = transforms.binarize(jax.random.key(0), x[1:], jnp.arange(1, 3))
   np.testing.assert_array_equal(a[1:], b)  # example i gets the same draw wherever it sits
   assert set(np.unique(a)) <= {0.0, 1.0}
-  big = objectives.binarize(jax.random.key(1), jnp.full((1, 100, 100, 1), 0.3), jnp.arange(1))
+  big = transforms.binarize(jax.random.key(1), jnp.full((1, 100, 100, 1), 0.3), jnp.arange(1))
   assert abs(float(big.mean()) - 0.3) < 0.02
-  assert not np.array_equal(a, objectives.binarize(jax.random.key(2), x, jnp.arange(3)))
+  assert not np.array_equal(a, transforms.binarize(jax.random.key(2), x, jnp.arange(3)))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from ae_jax import config as config_lib
-from ae_jax import metrics, models, parallel, train
-from experiments import wrapper_agreement
+from ae_jax import metrics, parallel, train
+import oracle
+import wrappers
 
 STEPS, BATCH = 4, 16
 
@@ -19,7 +20,7 @@ def _run(mode, devices, steps_per_call=1, kind="gaussian", on_device=False):
 
 @functools.lru_cache  # tests that need the same run share it (e.g. jit with 2 steps per call)
 def _train(mode, devices, steps_per_call, kind, on_device):
-  return wrapper_agreement.train_steps(mode, devices, STEPS, BATCH, steps_per_call, kind,
+  return wrappers.train_steps(mode, devices, STEPS, BATCH, steps_per_call, kind,
                                        on_device=on_device)
 
 
@@ -41,7 +42,7 @@ def test_wrappers_agree_with_single_device(single, mode):
   assert err < 1e-5, f"{mode}: relative parameter difference {err:.2e}"
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   # Training moved the parameters far more than the tolerance.
-  init = train.create_train_state(models.Autoencoder(), config_lib.get_default(), jax.random.key(0))
+  init = train.create_train_state(oracle.reference(), config_lib.get_default(), jax.random.key(0))
   assert metrics.relative_distance(init.params, ref_state.params) > 1e-3
 
 
@@ -68,7 +69,7 @@ def test_data_on_device_gives_the_same_steps(single, mode, k):
 def test_wrappers_agree_for_the_vae_and_the_ema_vqvae(objective, binarize):
   # Latent samples and binarisation from fold_in keys per (step, global index); the EMA
   # codebook's statistics summed over the devices.
-  runs = {mode: wrapper_agreement.train_steps(mode, tuple(jax.devices()[:1]) if mode == "jit" else
+  runs = {mode: wrappers.train_steps(mode, tuple(jax.devices()[:1]) if mode == "jit" else
                                               tuple(jax.devices()), STEPS, BATCH, kind="none",
                                               objective=objective, binarize=binarize)
           for mode in ("jit", "pmap", "mesh")}
@@ -78,7 +79,7 @@ def test_wrappers_agree_for_the_vae_and_the_ema_vqvae(objective, binarize):
     err = metrics.relative_distance(state.params, ref_state.params)
     assert err < 1e-5, f"{objective} {mode}: relative parameter difference {err:.2e}"
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  init = train.create_train_state(models.from_config(_config(objective), (28, 28, 1)),
+  init = train.create_train_state(train.build_model(_config(objective), (28, 28, 1)),
                                   _config(objective), jax.random.key(0))
   assert metrics.relative_distance(init.params, ref_state.params) > 1e-3
 

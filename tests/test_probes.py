@@ -13,6 +13,7 @@ import pytest
 import ae_jax
 from ae_jax import checkpoint, data, metrics, models, probes
 from conftest import REPO
+import oracle
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_load_restores_model_and_params(trained, trained_dir):
 
 def test_embed_reconstruct_decode_match_the_model(trained):
   ds = data.load(trained.config.data)
-  x = ds.test_x[:37]  # not a multiple of the batch: the padded path
+  x = data.to_float(ds.test[:37])  # not a multiple of the batch: the padded path
   z = probes.embed(trained.model, trained.params, x, batch_size=16)
   direct_z = trained.model.apply({"params": trained.params}, x, method="encode")
   np.testing.assert_allclose(z, direct_z, rtol=1e-5, atol=1e-6)
@@ -57,7 +58,7 @@ def test_embed_reconstruct_decode_match_the_model(trained):
 
 def test_interpolation_ends_at_the_reconstructions(trained):
   ds = data.load(trained.config.data)
-  a, b = ds.test_x[0], ds.test_x[1]
+  a, b = data.to_float(ds.test[:2])
   recon = probes.reconstruct(trained.model, trained.params, np.stack([a, b]))
   for method in ("linear", "spherical", "slerp"):
     path = probes.interpolate(trained.model, trained.params, a, b, steps=7, method=method)
@@ -112,7 +113,7 @@ def test_latent_grid_shape_and_1d_refusal(trained):
   grid = probes.latent_grid(trained.model, trained.params, ((-1, 1), (-2, 2)), n=4)
   assert grid.shape == (4, 4, 28, 28, 1)
   with pytest.raises(ValueError, match="latent_dim=16"):
-    probes.latent_grid(models.Autoencoder(), None, ((0, 1), (0, 1)))
+    probes.latent_grid(oracle.reference(), None, ((0, 1), (0, 1)))
 
 
 def _script(name, workdir, *args):

@@ -11,73 +11,18 @@ import numpy as np
 import pytest
 
 from ae_jax import config as config_lib
-from ae_jax import data, models, noise, objectives, train
-
-# A small model keeps the numpy reference quick; the structure is the reference one.
-MODEL = dict(image_shape=(8, 8, 1), filters=(2, 3), kernel_size=3, latent_dim=2)
-
-
-def _np(tree):
-  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
-
-
-def _conv_same(x, k, b, stride):
-  """XLA 'SAME' cross-correlation: x [B,H,W,Ci], k [kh,kw,Ci,Co]."""
-  kh, kw = k.shape[:2]
-  h, w = x.shape[1:3]
-  oh, ow = -(-h // stride), -(-w // stride)
-  ph = max((oh - 1) * stride + kh - h, 0)
-  pw = max((ow - 1) * stride + kw - w, 0)
-  xp = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-  out = np.zeros((x.shape[0], oh, ow, k.shape[3]))
-  for i in range(kh):
-    for j in range(kw):
-      patch = xp[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :]
-      out += np.einsum("bhwc,cd->bhwd", patch, k[i, j])
-  return out + b
-
-
-def _conv_transpose_same(x, k, b, stride):
-  """lax.conv_transpose 'SAME' (kernel not flipped): dilate the input, pad, correlate."""
-  kh = k.shape[0]
-  bsz, h, w, c = x.shape
-  xd = np.zeros((bsz, (h - 1) * stride + 1, (w - 1) * stride + 1, c))
-  xd[:, ::stride, ::stride, :] = x
-  pad_len = kh + stride - 2
-  lo = kh - 1 if stride > kh - 1 else int(np.ceil(pad_len / 2))
-  hi = pad_len - lo
-  xp = np.pad(xd, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-  oh, ow = h * stride, w * stride
-  out = np.zeros((bsz, oh, ow, k.shape[3]))
-  for i in range(kh):
-    for j in range(kh):
-      out += np.einsum("bhwc,cd->bhwd", xp[:, i:i + oh, j:j + ow, :], k[i, j])
-  return out + b
-
-
-def _np_logits(p, x):
-  e, d = p["encoder"], p["decoder"]
-  h = np.maximum(_conv_same(x, e["conv0"]["kernel"], e["conv0"]["bias"], 2), 0)
-  h = np.maximum(_conv_same(h, e["conv1"]["kernel"], e["conv1"]["bias"], 2), 0)
-  z = h.reshape(len(x), -1) @ e["latent"]["kernel"] + e["latent"]["bias"]
-  h = (z @ d["project"]["kernel"] + d["project"]["bias"]).reshape(len(x), 2, 2, 3)
-  h = np.maximum(_conv_transpose_same(h, d["deconv0"]["kernel"], d["deconv0"]["bias"], 2), 0)
-  h = np.maximum(_conv_transpose_same(h, d["deconv1"]["kernel"], d["deconv1"]["bias"], 2), 0)
-  return _conv_transpose_same(h, d["to_pixels"]["kernel"], d["to_pixels"]["bias"], 1)
-
-
-def _np_mse_loss(p, inputs, target):
-  return np.mean((1.0 / (1.0 + np.exp(-_np_logits(p, inputs))) - target) ** 2)
+from ae_jax import data, losses, objectives, train
+from ae_jax.data import transforms
+import oracle
 
 
 def _objective(state, loss="mse"):
-  return functools.partial(objectives.reconstruction, apply_fn=state.apply_fn, loss=loss)
+  return functools.partial(objectives.reconstruction.reconstruction, apply_fn=state.apply_fn, loss=loss)
 
 
 def _setup(noise_kind="none"):
-  cfg = config_lib.get_default()
-  cfg.noise.kind = noise_kind
-  model = models.Autoencoder(**MODEL)
+  cfg = oracle.tiny_config(noise__kind=noise_kind)
+  model = oracle.tiny_model(cfg)
   state = train.create_train_state(model, cfg, jax.random.key(0))
   x = np.asarray(jax.random.uniform(jax.random.key(1), (4, 8, 8, 1)), np.float32)
   return cfg, model, state, x
@@ -86,40 +31,40 @@ def _setup(noise_kind="none"):
 def test_numpy_reference_matches_flax_forward():
   _, model, state, x = _setup()
   got = model.apply({"params": state.params}, x, method="logits")
-  np.testing.assert_allclose(got, _np_logits(_np(state.params), x.astype(np.float64)),
+  np.testing.assert_allclose(got, oracle.logits(state.params, x.astype(np.float64)),
                              rtol=1e-4, atol=1e-5)
 
 
 def test_one_step_loss_gradient_and_adam_update():
   cfg, _, state, x = _setup()
-  params0 = _np(state.params)
+  params0 = oracle.as64(state.params)
   new_state, m = train.train_step(state, {"image": x}, jax.random.key(2), objective=_objective(state))
   x64 = x.astype(np.float64)
-  np.testing.assert_allclose(m["loss"], _np_mse_loss(params0, x64, x64), rtol=1e-5)
+  np.testing.assert_allclose(m["loss"], oracle.mse_loss(params0, x64, x64), rtol=1e-5)
 
   # Gradient by central differences of the float64 reference, for a few entries.
-  grads = jax.grad(lambda p: train.losses.reconstruction_loss(
+  grads = jax.grad(lambda p: losses.reconstruction_loss(
       "mse", state.apply_fn({"params": p}, x, method="logits"), x))(state.params)
   probes = [("encoder", "conv0", "kernel", (1, 1, 0, 0)), ("encoder", "latent", "kernel", (3, 1)),
             ("decoder", "deconv1", "kernel", (0, 2, 1, 1)), ("decoder", "to_pixels", "bias", (0,))]
   eps = 1e-6
   for path in probes:
     *where, idx = path
-    plus, minus = _np(state.params), _np(state.params)
+    plus, minus = oracle.as64(state.params), oracle.as64(state.params)
     leaf_p, leaf_m = plus, minus
     for k in where:
       leaf_p, leaf_m = leaf_p[k], leaf_m[k]
     leaf_p[idx] += eps
     leaf_m[idx] -= eps
-    fd = (_np_mse_loss(plus, x64, x64) - _np_mse_loss(minus, x64, x64)) / (2 * eps)
+    fd = (oracle.mse_loss(plus, x64, x64) - oracle.mse_loss(minus, x64, x64)) / (2 * eps)
     g = np.asarray(functools.reduce(lambda t, k: t[k], where, grads))[idx]
     np.testing.assert_allclose(g, fd, rtol=2e-3, atol=1e-9)
 
   # First Adam step by hand: m = (1-b1) g, v = (1-b2) g^2, bias-corrected -> g / (|g| + eps).
   def adam1(p, g):
     return p - cfg.learning_rate * g / (np.abs(g) + 1e-8)
-  expected = jax.tree.map(adam1, params0, _np(grads))
-  chex.assert_trees_all_close(_np(new_state.params), expected, rtol=1e-5, atol=1e-8)
+  expected = jax.tree.map(adam1, params0, oracle.as64(grads))
+  chex.assert_trees_all_close(oracle.as64(new_state.params), expected, rtol=1e-5, atol=1e-8)
   assert int(new_state.step) == 1
 
 
@@ -128,13 +73,13 @@ def test_denoising_step_uses_noise_from_seed_step_and_index():
   # Larger weights make the freshly initialised output depend on its input.
   state = state.replace(step=jnp.asarray(7, jnp.int32),
                         params=jax.tree.map(lambda p: 3.0 * p, state.params))
-  fn = noise.corruption_fn(cfg.noise)
+  fn = transforms.corruption_fn(cfg.noise)
   key = jax.random.key(3)
   _, m = train.train_step(state, {"image": x}, key, objective=_objective(state), corrupt=fn)
   # The contract, computed outside the step: example i gets fold_in(fold_in(key, step), i).
-  noisy = np.stack([np.asarray(noise.gaussian(jax.random.fold_in(jax.random.fold_in(key, 7), i),
+  noisy = np.stack([np.asarray(transforms.gaussian(jax.random.fold_in(jax.random.fold_in(key, 7), i),
                                               jnp.asarray(x[i]))) for i in range(4)])
-  np.testing.assert_allclose(m["loss"], _np_mse_loss(_np(state.params), noisy.astype(np.float64),
+  np.testing.assert_allclose(m["loss"], oracle.mse_loss(state.params, noisy.astype(np.float64),
                                                      x.astype(np.float64)), rtol=1e-5)
   _, m_clean = train.train_step(state, {"image": x}, key, objective=_objective(state))
   assert abs(float(m["loss"]) / float(m_clean["loss"]) - 1) > 1e-3
@@ -142,7 +87,7 @@ def test_denoising_step_uses_noise_from_seed_step_and_index():
 
 def test_jitted_step_compiles_once():
   _, _, state, x = _setup("masking")
-  fn = noise.corruption_fn(ml_collections.ConfigDict(dict(kind="masking", nu=0.3)))
+  fn = transforms.corruption_fn(ml_collections.ConfigDict(dict(kind="masking", nu=0.3)))
 
   @jax.jit
   @chex.assert_max_traces(n=1)
@@ -161,7 +106,7 @@ def test_evaluate_pads_the_last_batch():
   images = np.concatenate([x, x[:3]])  # 7 examples: batches of 4 + 3 padded
   eval_fn = jax.jit(functools.partial(train.eval_step, objective=_objective(state)))
   out = train.evaluate(eval_fn, state.params, images, jax.random.key(0), batch_size=4)
-  ref = np.mean((1 / (1 + np.exp(-_np_logits(_np(state.params), images.astype(np.float64))))
+  ref = np.mean((1 / (1 + np.exp(-oracle.logits(state.params, images.astype(np.float64))))
                  - images) ** 2)
   np.testing.assert_allclose(out["recon_mse"], ref, rtol=1e-5)
   np.testing.assert_allclose(out["loss"], ref, rtol=1e-5)  # the mse objective
@@ -172,7 +117,7 @@ def test_evaluate_pads_the_last_batch():
 @pytest.mark.parametrize("n,batch,k", [(80, 8, 1), (80, 8, 3), (56, 8, 7), (40, 8, 8)])
 def test_schedule_tiles_each_epoch_from_the_position_alone(n, batch, k):
   key = jax.random.key(5)
-  schedule = train.Schedule(key, n, batch, num_epochs=2, steps_per_call=k)
+  schedule = data.Schedule(key, n, batch, num_epochs=2, steps_per_call=k)
   spe = n // batch
   calls = list(schedule.calls(0))
   assert calls[-1].end == schedule.total_steps == 2 * spe
@@ -232,14 +177,14 @@ def test_gradient_clipping_and_adamw_weight_decay_by_hand():
 
 
 def test_ema_of_the_params_is_kept_and_evaluated():
-  _, _, state, x = _setup()
+  _, model, state, x = _setup()
   cfg = _cfg(optimizer="sgd", learning_rate=0.1, ema_decay=0.5)
-  state = train.create_train_state(models.Autoencoder(**MODEL), cfg, jax.random.key(0))
-  ema = _np(state.params)
+  state = train.create_train_state(model, cfg, jax.random.key(0))
+  ema = oracle.as64(state.params)
   step = jax.jit(functools.partial(train.train_step, objective=_objective(state)))
   for _ in range(3):
     state, _ = step(state, {"image": x}, jax.random.key(2))
-    ema = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, ema, _np(state.params))  # by hand
-  chex.assert_trees_all_close(_np(train.eval_params(state)), ema, rtol=1e-5, atol=1e-7)
+    ema = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, ema, oracle.as64(state.params))  # by hand
+  chex.assert_trees_all_close(oracle.as64(train.eval_params(state)), ema, rtol=1e-5, atol=1e-7)
   plain = _setup()[2]
   assert train.eval_params(plain) is plain.params  # without ema_decay: the params themselves

@@ -1,10 +1,11 @@
-"""experiments.whole_process's timing of a child process, and its summary of the pairs."""
+"""tools.whole_process's timing of a child process, and its summary of the pairs."""
 
 import sys
 
 import pytest
 
-from experiments import whole_process
+from tools import whole_process
+
 
 # A stand-in for a training process: 0.5 s before its first step, 0.5 s of steps, 0.3 s after the
 # last; 300 MB touched (peak RSS), freed before it exits.

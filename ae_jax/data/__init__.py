@@ -39,7 +39,7 @@ FIELDS = (
 
 def register(name: str, source: DataSource) -> DataSource:
   """Adds a data source under `name` (`data.source=name`); its fields join the config."""
-  return fields.register(SOURCES, name, source, "data source")
+  return fields.register(SOURCES, name, source, "data source", section="data")
 
 
 def get(name: str) -> DataSource:

@@ -134,6 +134,7 @@ class DataSource:
   them from arrays) and a human-readable origin for run.json. It may use
   data.train_size / data.test_size to read only a prefix; `data.load` cuts and
   checks the sizes. needs_dir: what data.dir must name, if the source reads one.
+  fields: its own config fields, under `data.` (load sees config.data alone).
   """
 
   load: Callable[[ml_collections.ConfigDict], tuple]

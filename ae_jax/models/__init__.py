@@ -41,7 +41,7 @@ FIELDS = (
 
 def register(name: str, architecture: Architecture) -> Architecture:
   """Adds an architecture under `name` (`model.name=name`); its fields join the config."""
-  return fields.register(ARCHITECTURES, name, architecture, "model")
+  return fields.register(ARCHITECTURES, name, architecture, "model", section="model")
 
 
 def get(name: str) -> Architecture:

@@ -29,13 +29,13 @@ import jax.numpy as jnp
 IMPLS = ("xla", "subpixel", "matmul", "mixed")
 
 # Per-backend conv implementation for conv_impl='auto', from
-# `python -m experiments.benchmark` (numbers in experiments/BENCHMARKS.md). On the 2-core
+# `python -m tools.benchmark` (numbers in tools/BENCHMARKS.md). On the 2-core
 # XLA:CPU machine, reference AE train step at batch 128 / 32 (images/s, one invocation,
 # 2026-11-25): subpixel 2,959 / 2,565, mixed 3,137 / 2,881; earlier: xla 347 / 360,
 # matmul 600 / 1,860. The XLA path spends ~270 of ~370 ms of a batch-128 step in the
 # kernel gradients of the two stride-2 transposed convs (a dilated convolution);
 # 'subpixel' turns them into stride-1 convs, 'mixed' also keeps XLA's faster input
-# gradient and runs the 1-channel output conv as col2im (`python -m experiments.conv_ops`).
+# gradient and runs the 1-channel output conv as col2im (`python -m tools.conv_ops`).
 # GPU/TPU: XLA's own conv (cuDNN, TPU convs) has no such slow path, so 'xla' is kept there.
 AUTO_CONV_IMPL = {"cpu": "mixed"}
 
@@ -169,8 +169,8 @@ def _xla_conv_transpose(x, kernel, strides: tuple[int, int]) -> jax.Array:
 def mixed_conv_transpose(x, kernel, strides: tuple[int, int]) -> jax.Array:
   """A strided SAME transposed conv: the sub-pixel forward and kernel gradient, XLA's input gradient.
 
-  `python -m experiments.conv_ops` (batch 128, 2 cores, ms for the reference's two
-  stride-2 transposed convs, experiments/BENCHMARKS.md): the input gradient of
+  `python -m tools.conv_ops` (batch 128, 2 cores, ms for the reference's two
+  stride-2 transposed convs, tools/BENCHMARKS.md): the input gradient of
   lax.conv_transpose is one strided conv, 1.24 / 2.59 ms against sub-pixel's 1.64 /
   4.55; its kernel gradient is a dilated conv, 84 / 313 ms against sub-pixel's
   1.78 / 5.95; the forward passes are 1.85 / 6.03 against 1.40 / 3.67.
@@ -233,7 +233,7 @@ def conv_transpose(impl: str, features: int, kernel_size, strides, name: str | N
   'subpixel' SubpixelConvTranspose when strided (a stride-1 one is a plain conv already);
   'mixed' SubpixelConvTranspose(mixed=True) when strided, else ConvTranspose (the
   reference's 1-channel output conv: 3.5 ms forward and both gradients as col2im
-  against 12.6 as XLA's conv at batch 128, experiments/BENCHMARKS.md)."""
+  against 12.6 as XLA's conv at batch 128, tools/BENCHMARKS.md)."""
   impl = resolve(impl)
   if impl not in IMPLS:
     raise ValueError(f"conv_impl={impl!r}: expected one of {IMPLS} or 'auto'")

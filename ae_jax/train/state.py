@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ae_jax import models, objectives
 from ae_jax import config as config_lib
+from ae_jax import models, objectives
 
 TrainState = train_state.TrainState
 

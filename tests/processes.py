@@ -1,11 +1,8 @@
-r"""Runs the reference DAE as 2 processes x 2 CPU devices, 1 x 4 and 1 x 1; prints how far apart they are.
+"""Launches real multi-process runs of experiments.train on 127.0.0.1 (gloo collectives) for the tests.
 
-  python -m experiments.multiprocess_agreement /tmp/mp_agreement
-
-Processes talk over 127.0.0.1 (gloo collectives), as in tests/test_multiprocess.py,
-which uses the launcher here. After one epoch (4 steps of batch 16 on 64 embedded
-digits) each run's checkpoint is continued on the other process count (2 -> 1,
-1 -> 2) and compared with a straight 2-epoch run. Prints relative L2 distances.
+Every launched process writes to a file (no pipe can fill and stall it) and is
+killed if it outlives its deadline. `pytest tests/test_multiprocess.py -s`
+prints how far the layouts are apart.
 """
 
 import os
@@ -15,15 +12,13 @@ import subprocess
 import sys
 import time
 
-from absl import app
 import orbax.checkpoint as ocp
 
 from ae_jax import metrics
-from experiments import cli
 
 distance = metrics.relative_distance
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 # The reference DAE (quickstart = dae_mnist on the embedded digits), 4 steps of batch 16 per epoch.
 ARGS = ("--config", "experiments/configs/quickstart.py", "--config.data.train_size=64",
         "--config.data.test_size=64", "--config.batch_size=16", "--config.num_epochs=1",
@@ -100,26 +95,3 @@ def params(workdir, step):
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state["params"]
   finally:
     mngr.close()
-
-
-def main(argv):
-  cli.quiet_logging()  # the checkpoints read here would log every Orbax step at INFO
-  # A positional folder, not a flag: the tests import this module beside others that define --workdir.
-  if len(argv) != 2:
-    raise app.UsageError("usage: python -m experiments.multiprocess_agreement FOLDER (a new folder)")
-  if os.path.exists(argv[1]):
-    raise app.UsageError(f"{argv[1]!r} exists: give a new folder (nothing there is overwritten)")
-  os.makedirs(argv[1])
-  runs = run_all(argv[1])
-  for step in (2, 4):
-    p = {k: params(runs[k], step) for k in ("2x2", "1x4", "1x1")}
-    print(f"step {step}: 2x2 vs 1x4 {distance(p['2x2'], p['1x4']):.2e}, 2x2 vs 1x1 "
-          f"{distance(p['2x2'], p['1x1']):.2e}, 1x4 vs 1x1 {distance(p['1x4'], p['1x1']):.2e}")
-  straight = params(runs["straight"], 8)
-  print(f"step 8 vs straight 1x4: 2->1 {distance(params(runs['2to1'], 8), straight):.2e}, "
-        f"1->2 {distance(params(runs['1to2'], 8), straight):.2e}, "
-        f"(moved from step 4: {distance(params(runs['1x4'], 4), straight):.2e})")
-
-
-if __name__ == "__main__":
-  app.run(main)

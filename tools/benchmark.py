@@ -1,7 +1,7 @@
 r"""Training and eval images/s of the reference AE and DAE, with a Keras 3 reference.
 
-  python -m experiments.benchmark                      # the whole grid (~20 min on 2 CPU cores)
-  python -m experiments.benchmark --models=ae --batch_sizes=32,128 --impls=subpixel --keras
+  python -m tools.benchmark                      # the whole grid (~20 min on 2 CPU cores)
+  python -m tools.benchmark --models=ae --batch_sizes=32,128 --impls=subpixel --keras
 
 One JSON object per line on stdout, one per (model, batch size, conv impl, steps
 per call, dtype): compile seconds, then the median and all windows of training
@@ -27,13 +27,14 @@ import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import layers, models, parallel, train
+from ae_jax import models, parallel, train
+from ae_jax.models import layers
 import experiments
-from experiments import keras_epoch
+import tools
+from tools import keras_epoch
 
 _MODELS = flags.DEFINE_list("models", ["ae", "dae"], "ae and/or dae.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["32", "128", "1024"], "Batch sizes.")
@@ -51,16 +52,23 @@ def emit(record: dict) -> None:
   print(json.dumps(record), flush=True)
 
 
+def reference_model(**model_fields) -> models.Autoencoder:
+  """The reference AE on MNIST-sized images, with model fields overridden."""
+  cfg = config_lib.get_default()
+  cfg.model.update(model_fields)
+  return train.build_model(cfg, (28, 28, 1))
+
+
 def train_flops_per_image(model: models.Autoencoder) -> float:
   """Multiply-adds of the forward pass, x2 for FLOPs, x3 for forward + both gradients."""
-  h, w, c = model.image_shape
-  macs, k2 = 0, model.kernel_size**2
-  for f in model.filters:  # stride-2 convs
+  (h, w, c), filters = model.image_shape, model.encoder.filters
+  macs, k2 = 0, model.encoder.kernel_size**2
+  for f in filters:  # stride-2 convs
     h, w = -(-h // 2), -(-w // 2)
     macs += h * w * k2 * c * f
     c = f
   macs += 2 * h * w * c * model.latent_dim  # latent Dense and the decoder's projection
-  for f in reversed(model.filters):  # stride-2 transposed convs: k*k taps per input pixel
+  for f in reversed(filters):  # stride-2 transposed convs: k*k taps per input pixel
     macs += h * w * k2 * c * f
     h, w, c = 2 * h, 2 * w, f
   macs += h * w * k2 * c * model.image_shape[2]  # to pixels
@@ -101,11 +109,13 @@ def bench_jax(kind: str, batch: int, impl: str, k: int, dtype: str, peak_gflops:
   cfg = config_lib.get_default()
   if kind == "dae":
     cfg.noise.kind = "gaussian"
-  model = models.Autoencoder(conv_impl=impl, dtype=None if dtype == "float32" else jnp.dtype(dtype))
+  cfg.model.conv_impl, cfg.model.dtype = impl, dtype
+  model = train.build_model(cfg, (28, 28, 1))
   state = train.create_train_state(model, cfg, jax.random.key(0))
   host_params = jax.device_get(state.params)  # the train state's buffers are donated below
   place = parallel.placement("jit", jax.local_devices()[:1], batch)
-  step, eval_fn, _ = train.compile_steps(cfg, model, place)
+  steps = train.bind_steps(cfg, model)
+  step, eval_fn = place.compile(steps.train), jax.jit(steps.eval)
   x = np.asarray(jax.random.uniform(jax.random.key(1), (k, batch, *model.image_shape)))
   batches = place.put_batches({"image": x})
   key = jax.random.key(2)
@@ -171,7 +181,7 @@ def bench_keras(kind: str, batch: int, peak_gflops: float) -> dict:
     model.evaluate(x_in, x_out, batch_size=batch, verbose=0)
     eval_rates.append(n / (time.perf_counter() - t))
   rate = statistics.median(rates)
-  bound = peak_gflops * 1e9 / train_flops_per_image(models.Autoencoder())
+  bound = peak_gflops * 1e9 / train_flops_per_image(reference_model())
   return {"framework": "keras", "model": kind, "batch_size": batch, "keras": keras.__version__,
           "tensorflow": tf.__version__, "compile_s": round(compile_s, 2),
           "train_images_per_sec": round(rate, 1), "train_windows": [round(r, 1) for r in rates],
@@ -202,11 +212,11 @@ def main(argv):
   del argv
   kept = experiments.use_fast_cpu_settings(_KEEP.value)  # before JAX's first op, which reads XLA_FLAGS
   check_flags()
-  peak = experiments.matmul_gflops()
+  peak = tools.matmul_gflops()
   emit({"matmul_gflops": round(peak, 1), "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "keep_freed_memory": kept,
         "device": str(jax.local_devices()[0].device_kind), "jax": jax.__version__,
-        "train_mflop_per_image": round(train_flops_per_image(models.Autoencoder()) / 1e6, 2)})
+        "train_mflop_per_image": round(train_flops_per_image(reference_model()) / 1e6, 2)})
   best = {}
   for kind in _MODELS.value:
     for batch in map(int, _BATCHES.value):

@@ -1,6 +1,6 @@
 r"""The longest functions in the code base, by lines from `def` to the last line of the body.
 
-  python -m experiments.function_lengths [--top 10] [PATH ...]   (default: ae_jax experiments)
+  python -m tools.function_lengths [--top 10] [PATH ...]   (default: ae_jax experiments)
 """
 
 import argparse

@@ -1,7 +1,7 @@
 r"""GFLOP/s of each convolution of the reference AE, per part, implementation and XLA:CPU setting.
 
-  python -m experiments.conv_ops                          # every setting, batch 128 (~10 min, 2 cores)
-  python -m experiments.conv_ops --batch=32 --settings=default,onednn_custom_call
+  python -m tools.conv_ops                          # every setting, batch 128 (~10 min, 2 cores)
+  python -m tools.conv_ops --batch=32 --settings=default,onednn_custom_call
 
 For every conv of the reference model (two stride-2 convs, two stride-2
 transposed convs, the stride-1 output conv) it times the forward pass, the
@@ -50,12 +50,12 @@ _CHILD = flags.DEFINE_string("child", None, "Internal: run one setting in this p
 
 def reference_convs(model) -> list[dict]:
   """The model's convs in order: name, transposed?, input H=W, C_in, C_out, stride, MACs per image."""
-  (h, _, c), k = model.image_shape, model.kernel_size
+  (h, _, c), k = model.image_shape, model.encoder.kernel_size
   ops = []
-  for i, f in enumerate(model.filters):
+  for i, f in enumerate(model.encoder.filters):
     ops.append(dict(name=f"conv{i}", transpose=False, hw=h, c_in=c, c_out=f, stride=2))
     h, c = -(-h // 2), f
-  for i, f in enumerate(reversed(model.filters)):
+  for i, f in enumerate(reversed(model.encoder.filters)):
     ops.append(dict(name=f"deconv{i}", transpose=True, hw=h, c_in=c, c_out=f, stride=2))
     h, c = 2 * h, f
   ops.append(dict(name="to_pixels", transpose=True, hw=h, c_in=c, c_out=model.image_shape[2], stride=1))
@@ -105,15 +105,17 @@ def run_setting(setting: str) -> None:
   import jax
   import jax.numpy as jnp
 
-  from ae_jax import layers, models
-  model, batch = models.Autoencoder(), _BATCH.value
-  print(json.dumps({"setting": setting, "matmul_gflops": round(experiments.matmul_gflops(), 1),
+  from ae_jax.models import layers
+  import tools
+  from tools.benchmark import reference_model
+  model, batch = reference_model(), _BATCH.value
+  print(json.dumps({"setting": setting, "matmul_gflops": round(tools.matmul_gflops(), 1),
                     "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": sorted(os.sched_getaffinity(0)),
                     "batch": batch, "jax": jax.__version__}), flush=True)
   for op in reference_convs(model):
     for impl in _IMPLS.value or layers.IMPLS:
       make = layers.conv_transpose if op["transpose"] else layers.conv
-      module = make(impl, op["c_out"], model.kernel_size, op["stride"], name="op")
+      module = make(impl, op["c_out"], model.encoder.kernel_size, op["stride"], name="op")
       x = jax.random.uniform(jax.random.key(0), (batch, op["hw"], op["hw"], op["c_in"]), jnp.float32)
       params = module.init(jax.random.key(1), x)
       y = jax.eval_shape(module.apply, params, x)
@@ -130,7 +132,7 @@ def run_setting(setting: str) -> None:
 def _child(setting: str) -> list[dict]:
   xla_flags, cpus = SETTINGS[setting]
   env = {**os.environ, "XLA_FLAGS": xla_flags}
-  argv = [sys.executable, "-m", "experiments.conv_ops", f"--child={setting}", f"--batch={_BATCH.value}",
+  argv = [sys.executable, "-m", "tools.conv_ops", f"--child={setting}", f"--batch={_BATCH.value}",
           f"--min_s={_MIN_S.value}"] + ([f"--impls={','.join(_IMPLS.value)}"] if _IMPLS.value else [])
   proc = subprocess.run(argv, env=env, capture_output=True, text=True,
                         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)

@@ -1,9 +1,9 @@
 r"""The Keras 3 / TensorFlow reference: the reference AE trained with `fit`, then its test MSE.
 
   pip install -e '.[bench]'
-  python -m experiments.keras_epoch --data=mnist.npz --batch_size=128
+  python -m tools.keras_epoch --data=mnist.npz --batch_size=128
 
-What `python -m experiments.whole_process` runs as the Keras side (it writes the
+What `python -m tools.whole_process` runs as the Keras side (it writes the
 npz: x_train and x_test as uint8 [N, 28, 28], like keras.datasets.mnist). This
 module imports neither JAX nor ae_jax, so the process pays only for TensorFlow.
 Prints 'first step done' after the first batch, 'step N/N' after the last (the

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ae_jax import noise
+from ae_jax.data import transforms
 
 SHAPE = (64, 28, 28, 1)
 
@@ -20,14 +20,14 @@ def _images():
 
 def test_gaussian_statistics_unclipped():
   x = jnp.zeros(SHAPE)
-  y = noise.gaussian(jax.random.key(0), x, mean=0.5, std=0.5, clip=False)
+  y = transforms.gaussian(jax.random.key(0), x, mean=0.5, std=0.5, clip=False)
   assert abs(float(y.mean()) - 0.5) < 0.01
   assert abs(float(y.std()) - 0.5) < 0.01
 
 
 def test_gaussian_reference_is_clipped_to_unit_interval():
   x = _images()
-  y = noise.gaussian(jax.random.key(0), x, mean=0.5, std=0.5, clip=True)
+  y = transforms.gaussian(jax.random.key(0), x, mean=0.5, std=0.5, clip=True)
   assert float(y.min()) == 0.0 and float(y.max()) == 1.0
   # With mean 0.5 and std 0.5 a pixel is clipped at 1 whenever x + n > 1.
   expected_ones = np.mean(np.asarray(x) + 0.5 + 0.5 * np.asarray(
@@ -38,7 +38,7 @@ def test_gaussian_reference_is_clipped_to_unit_interval():
 @pytest.mark.parametrize("nu", [0.0, 0.1, 0.5, 0.7, 1.0])
 def test_masking_zeroes_exact_fraction(nu):
   x = jnp.ones((28, 28, 1))
-  y = noise.masking(jax.random.key(3), x, nu=nu)
+  y = transforms.masking(jax.random.key(3), x, nu=nu)
   assert int(jnp.sum(y == 0.0)) == round(nu * 784)
   assert set(np.unique(np.asarray(y))) <= {0.0, 1.0}
 
@@ -46,8 +46,8 @@ def test_masking_zeroes_exact_fraction(nu):
 @pytest.mark.parametrize("nu", [0.1, 0.4])
 def test_salt_and_pepper_fraction_and_balance(nu):
   x = jnp.full(SHAPE, 0.5)
-  fn = functools.partial(noise.salt_and_pepper, nu=nu)
-  y = noise.corrupt_batch(fn, jax.random.key(1), x, jnp.arange(SHAPE[0]))
+  fn = functools.partial(transforms.salt_and_pepper, nu=nu)
+  y = transforms.corrupt_batch(fn, jax.random.key(1), x, jnp.arange(SHAPE[0]))
   changed = np.asarray(y != 0.5)
   per_example = changed.reshape(SHAPE[0], -1).sum(1)
   np.testing.assert_array_equal(per_example, round(nu * 784))
@@ -57,19 +57,19 @@ def test_salt_and_pepper_fraction_and_balance(nu):
 
 def test_same_key_same_noise_other_key_other_noise():
   x = _images()
-  a = noise.gaussian(jax.random.key(0), x)
-  b = noise.gaussian(jax.random.key(0), x)
-  c = noise.gaussian(jax.random.key(1), x)
+  a = transforms.gaussian(jax.random.key(0), x)
+  b = transforms.gaussian(jax.random.key(0), x)
+  c = transforms.gaussian(jax.random.key(1), x)
   np.testing.assert_array_equal(a, b)
   assert float(jnp.mean(a != c)) > 0.5
 
 
 def test_noise_depends_only_on_global_index_not_on_split():
-  fn = functools.partial(noise.masking, nu=0.3)
+  fn = functools.partial(transforms.masking, nu=0.3)
   x = _images()
   key = jax.random.key(5)
-  whole = noise.corrupt_batch(fn, key, x, jnp.arange(64))
-  parts = [noise.corrupt_batch(fn, key, x[i:i + 16], i + jnp.arange(16)) for i in range(0, 64, 16)]
+  whole = transforms.corrupt_batch(fn, key, x, jnp.arange(64))
+  parts = [transforms.corrupt_batch(fn, key, x[i:i + 16], i + jnp.arange(16)) for i in range(0, 64, 16)]
   np.testing.assert_array_equal(whole, jnp.concatenate(parts))
   # Different examples get different masks.
   assert not np.array_equal(whole[0] == 0, whole[1] == 0)
@@ -82,8 +82,8 @@ class JitTest(chex.TestCase):
     x = _images()
     for kind in ("gaussian", "masking", "salt_and_pepper"):
       cfg = ml_collections.ConfigDict(dict(kind=kind, mean=0.5, std=0.5, clip=True, nu=0.3))
-      fn = noise.corruption_fn(cfg)
-      y = self.variant(lambda k, x, fn=fn: noise.corrupt_batch(fn, k, x, jnp.arange(64)))(
+      fn = transforms.corruption_fn(cfg)
+      y = self.variant(lambda k, x, fn=fn: transforms.corrupt_batch(fn, k, x, jnp.arange(64)))(
           jax.random.key(0), x)
       chex.assert_shape(y, SHAPE)
       chex.assert_tree_all_finite(y)
@@ -92,11 +92,11 @@ class JitTest(chex.TestCase):
 def test_unknown_kind_is_refused():
   cfg = ml_collections.ConfigDict(dict(kind="speckle"))
   with pytest.raises(ValueError, match="noise.kind='speckle'"):
-    noise.corruption_fn(cfg)
-  assert noise.corruption_fn(ml_collections.ConfigDict(dict(kind="none"))) is None
+    transforms.corruption_fn(cfg)
+  assert transforms.corruption_fn(ml_collections.ConfigDict(dict(kind="none"))) is None
 
 
-@pytest.mark.parametrize("fn", [noise.masking, noise.salt_and_pepper])
+@pytest.mark.parametrize("fn", [transforms.masking, transforms.salt_and_pepper])
 def test_a_traced_level_draws_what_a_fixed_one_does(fn):
   # noise_sweep compiles once per kind with nu as an argument; the pixels hit must not change.
   x = jax.random.uniform(jax.random.key(0), (28, 28, 1))

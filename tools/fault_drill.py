@@ -1,6 +1,6 @@
 r"""Kills a small training run at random moments, reruns it, and checks it ends bit-identical.
 
-  python -m experiments.fault_drill --workdir runs/drill --kills 10
+  python -m tools.fault_drill --workdir runs/drill --kills 10
 
 1. trains the drill config uninterrupted in WORKDIR/reference;
 2. trains it again in WORKDIR/drill, sending SIGKILL (or --signal) after a random
@@ -23,7 +23,8 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from ae_jax import checkpoint, metrics
+from ae_jax import metrics
+from ae_jax.train import compare_runs
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the reference and drill runs go.")
@@ -33,6 +34,8 @@ _SIGNAL = flags.DEFINE_enum("signal", "KILL", ["KILL", "TERM", "INT", "mixed"],
                             "Signal to send; 'mixed' picks KILL, TERM or INT at random.")
 _MAX_DELAY = flags.DEFINE_float("max_delay", None,
                                 "Longest delay before a kill, in s (default: the reference's time).")
+_REFERENCE = flags.DEFINE_string("reference", None, "A finished uninterrupted run of the drill's config to "
+                                 "compare with (default: made in WORKDIR/reference first); needs --max_delay.")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for a drill of many kills; checkpoints every 3 steps and at each epoch.
@@ -53,23 +56,6 @@ def _start(cmd):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
-
-
-def _records(workdir):
-  return [{k: v for k, v in r.items() if k != "images_per_sec"}
-          for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
-
-
-def compare(a: str, b: str) -> dict:
-  """Bit-level comparison of two finished runs: params, eval.json, metrics records."""
-  step_a, state_a, _ = checkpoint.read_latest(a)
-  step_b, state_b, _ = checkpoint.read_latest(b)
-  leaves = zip(jax.tree.leaves(state_a["params"]), jax.tree.leaves(state_b["params"]))
-  params_equal = step_a == step_b and all(np.array_equal(x, y) for x, y in leaves)
-  with open(os.path.join(a, "eval.json")) as fa, open(os.path.join(b, "eval.json")) as fb:
-    eval_equal = json.load(fa) == json.load(fb)
-  return {"step": [step_a, step_b], "params_bit_identical": bool(params_equal),
-          "eval_json_identical": eval_equal, "metrics_identical": _records(a) == _records(b)}
 
 
 def run_drill(workdir: str, kills: int, seed: int = 0, sig: str = "KILL",
@@ -125,7 +111,7 @@ def run_drill(workdir: str, kills: int, seed: int = 0, sig: str = "KILL",
         if landed >= kills:
           break
         # Finished before the kill landed: check this sequence, then start over for the rest.
-        checks.append(compare(ref_dir, drill_dir))
+        checks.append(compare_runs(ref_dir, drill_dir))
         log(f"  finished before the kill: {checks[-1]}; starting the drill run afresh")
         shutil.rmtree(drill_dir)
       continue
@@ -133,7 +119,10 @@ def run_drill(workdir: str, kills: int, seed: int = 0, sig: str = "KILL",
     if proc.returncode != 0:
       raise RuntimeError(f"final rerun failed ({proc.returncode}): {err[-2000:]}")
     break
-  checks.append(compare(ref_dir, drill_dir))
+  checks.append(compare_runs(ref_dir, drill_dir))
+  configs = [json.load(open(os.path.join(d, "run.json")))["config"] for d in (ref_dir, drill_dir)]
+  if configs[0] != configs[1]:
+    raise ValueError(f"--reference={ref_dir!r} ran another config than the drill: compare nothing")
   keys = ("params_bit_identical", "eval_json_identical", "metrics_identical")
   report = {"kills": landed, "attempts": attempts, "reference_time_s": ref_time,
             "finished_sequences": checks, **{k: all(c[k] for c in checks) for k in keys}}
@@ -150,7 +139,8 @@ def main(argv):
   del argv
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  report = run_drill(_WORKDIR.value, _KILLS.value, _SEED.value, _SIGNAL.value, _MAX_DELAY.value)
+  report = run_drill(_WORKDIR.value, _KILLS.value, _SEED.value, _SIGNAL.value, _MAX_DELAY.value,
+                     _REFERENCE.value)
   sys.exit(0 if report["ok"] else 1)
 
 

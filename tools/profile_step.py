@@ -1,6 +1,6 @@
 r"""Where a reference train step spends its time: the XLA ops of one compiled step, slowest first.
 
-  python -m experiments.profile_step --conv_impl=subpixel --batch=128
+  python -m tools.profile_step --conv_impl=subpixel --batch=128
 
 Traces --steps steps with jax.profiler, then sums each op's time per step and
 prints it with the op's shape and the source line it came from.
@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import layers, models, objectives, parallel, train
+from ae_jax import parallel, train
+from ae_jax.models import layers
 import experiments
 
 _IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", *layers.IMPLS], "Conv implementation.")
@@ -45,13 +46,11 @@ def _union_us(intervals) -> float:
 def main(argv):
   del argv
   kept = experiments.use_fast_cpu_settings(_KEEP.value)  # before JAX's first op
-  model = models.Autoencoder(conv_impl=_IMPL.value)
   cfg = config_lib.get_default()
+  cfg.model.conv_impl = _IMPL.value
+  model = train.build_model(cfg, (28, 28, 1))
   state = train.create_train_state(model, cfg, jax.random.key(0))
-  objective = objectives.from_config(cfg, model.apply)
-  step = jax.jit(functools.partial(parallel.multi_step,
-                                   functools.partial(train.train_step, objective=objective)),
-                 donate_argnums=0)
+  step = jax.jit(functools.partial(parallel.multi_step, train.bind_steps(cfg, model).train), donate_argnums=0)
   batch = {"image": jax.device_put(np.random.default_rng(0).random((1, _BATCH.value, 28, 28, 1), np.float32))}
   key = jax.random.key(1)
   hlo = step.lower(state, batch, key).compile().as_text()

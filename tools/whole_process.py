@@ -1,9 +1,9 @@
 r"""What a user waits for: one MNIST epoch as a whole process, Keras 3 `fit` against `experiments.train`.
 
   pip install -e '.[bench]'
-  python -m experiments.whole_process --data_dir=../shared/data/mnist      # batch 128 and 32, 3 pairs each
+  python -m tools.whole_process --data_dir=../shared/data/mnist      # batch 128 and 32, 3 pairs each
 
-Runs `python -m experiments.keras_epoch` (Keras) and `python -m experiments.train
+Runs `python -m tools.keras_epoch` (Keras) and `python -m experiments.train
 --config experiments/configs/ae_mnist.py` (ae_jax) alternately, K A K A ..., so
 drift on a shared machine reaches both alike. For every run: wall seconds,
 seconds from launch to the first step done and from the last step done to exit
@@ -96,7 +96,7 @@ def run_timed(argv: list[str], log_path: str) -> dict:
 
 
 def keras_run(npz: str, batch: int, workdir: str) -> dict:
-  argv = [sys.executable, "-m", "experiments.keras_epoch", f"--data={npz}", f"--batch_size={batch}"]
+  argv = [sys.executable, "-m", "tools.keras_epoch", f"--data={npz}", f"--batch_size={batch}"]
   log = os.path.join(workdir, f"keras_{batch}_{time.time_ns()}.log")
   r = run_timed(argv, log)
   result = json.loads(open(log).read().strip().splitlines()[-1])
