@@ -46,6 +46,36 @@ def use_fast_cpu_settings(keep_memory: bool = True) -> bool:
   return keep_memory and keep_freed_memory()
 
 
+def cpu_devices_asked() -> int:
+  """How many CPU devices JAX will make: JAX_NUM_CPU_DEVICES, else XLA's force-device-count flag, else 1."""
+  if os.environ.get("JAX_NUM_CPU_DEVICES", "").strip().lstrip("-").isdigit():
+    return max(1, int(os.environ["JAX_NUM_CPU_DEVICES"]))
+  for flag in os.environ.get("XLA_FLAGS", "").split():
+    if flag.startswith("--xla_force_host_platform_device_count="):
+      return max(1, int(flag.split("=", 1)[1]))
+  return 1
+
+
+def size_cpu_pool(devices: int | None = None) -> int | None:
+  """Call before JAX's first op: two intra-op threads per CPU device (PJRT_NPROC), unless already set.
+
+  XLA:CPU runs every CPU device's program on one Eigen pool of one thread per
+  core, and a collective (pmap's all-reduce) blocks its pool thread until every
+  device has arrived. With more devices than threads the last device's convs
+  can find no free thread: it never arrives, and XLA aborts the process after
+  40 s ("Expected 4 threads to join the rendezvous"). That took 4 devices on 2
+  busy cores 2 tries in 2. With a thread per device the last one always gets
+  a thread; the second covers the next launch, which async dispatch puts on the
+  same pool. Returns the pool size set, or None when it was left alone.
+  """
+  devices = cpu_devices_asked() if devices is None else devices
+  if devices <= 1 or os.environ.get("PJRT_NPROC") or os.environ.get("NPROC"):
+    return None
+  threads = max(2 * devices, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+  os.environ["PJRT_NPROC"] = str(threads)
+  return threads
+
+
 def _exit_now(signum, frame):
   """Outside the train loop (which checkpoints first), a signal ends the process at once, in one line.
 

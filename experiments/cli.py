@@ -85,8 +85,41 @@ def usage(argv, full: bool) -> str:
   return "\n".join(text) + "\n"
 
 
+def _plugins_in(argv) -> list[str]:
+  """The modules or files named by --plugins=A,B (or --plugins A,B) in argv."""
+  out = []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--plugins="):
+      out += arg.split("=", 1)[1].split(",")
+    elif arg == "--plugins" and i + 1 < len(argv):
+      out += argv[i + 1].split(",")
+  return [p for p in out if p]
+
+
+def define_plugins_flag() -> None:
+  flags.DEFINE_list("plugins", [], "Modules or .py files that register your objectives, models or data "
+                    "sources (docs/extending.md); imported before the config is read, and added to "
+                    "config.plugins.")
+
+
+def with_plugins(config):
+  """config with --plugins added to config.plugins (which run.json and the checkpoints record)."""
+  given = tuple(os.path.abspath(p) if p.endswith(".py") else p
+                for p in (flags.FLAGS.plugins if "plugins" in flags.FLAGS else ()))
+  if given:
+    config.plugins = tuple(dict.fromkeys((*config.plugins, *given)))
+  return config
+
+
 def parse_flags(argv):
-  """absl flag parsing, with every error as one line and exit code 2; --help lists the config fields."""
+  """absl flag parsing, with every error as one line and exit code 2; --help lists the config fields.
+
+  --plugins are imported first, so that the config file and the overrides see their fields.
+  """
+  try:
+    config_lib.import_plugins(_plugins_in(argv))
+  except ValueError as e:
+    fail(f"--plugins: {e}")
   asked = [a for a in argv[1:] if a in HELP]
   if asked:
     print(usage(argv, full=asked[0] == "--helpfull"))
@@ -212,6 +245,7 @@ def start_process() -> None:
   """Before JAX's first op: CPU settings, INFO logging without library chatter, jax.distributed."""
   f = flags.FLAGS
   experiments.use_fast_cpu_settings(f.keep_freed_memory)
+  experiments.size_cpu_pool()
   quiet_logging()
   use_compilation_cache(f.compilation_cache_dir)
   n, pid = f.num_processes, f.process_id

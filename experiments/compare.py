@@ -22,7 +22,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from ae_jax import config as config_lib
-from ae_jax import data, metrics, plots, probes, train
+from ae_jax import data, metrics, parallel, plots, probes, train
 from ae_jax.data import transforms
 from experiments import cli
 
@@ -35,13 +35,14 @@ BUDGET = {"num_epochs": 10, "batch_size": 128, "eval.final": True}
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the members' workdirs and the table.")
 _MEMBERS = flags.DEFINE_list("members", list(MEMBERS), f"Which members, of {', '.join(MEMBERS)}.")
-_SPEED_STEPS = flags.DEFINE_integer("speed_steps", 20, "Timed train steps per member and round.",
+_SPEED_STEPS = flags.DEFINE_integer("speed_steps", 10, "Timed train steps per member and round.",
                                     lower_bound=1)
 _SPEED_ROUNDS = flags.DEFINE_integer("speed_rounds", 3, "Rounds of the side-by-side speed measurement.",
                                      lower_bound=1)
 _CONFIG = config_flags.DEFINE_config_dict(
     "config", config_lib.get_default(),
     "Overrides for every member, --config.FIELD=VALUE (the fields: docs/config.md).")
+cli.define_plugins_flag()
 cli.define_process_flags()
 
 # (column, eval.json key, format); '-' where a member does not define it.
@@ -59,7 +60,7 @@ def member_config(member: str, overrides: dict):
   if member not in MEMBERS:
     raise ValueError(f"--members: {member!r}: expected some of {', '.join(MEMBERS)}"
                      f"{config_lib.suggest(member, MEMBERS)}")
-  c = importlib.import_module(f"experiments.configs.{MEMBERS[member]}").get_config()
+  c = cli.with_plugins(importlib.import_module(f"experiments.configs.{MEMBERS[member]}").get_config())
   for name, value in {**BUDGET, **overrides}.items():
     *parents, leaf = name.split(".")
     node = c
@@ -71,25 +72,30 @@ def member_config(member: str, overrides: dict):
   return c
 
 
-def training_speeds(configs: dict, image_shape, steps: int, rounds: int) -> dict:
-  """Training images/s of each member's jitted train step, measured side by side: every round
-  times `steps` steps of each member in turn (same batch size, random images); the median
-  over rounds. Interleaving keeps a noisy, shared machine from favouring one member."""
+def training_speeds(configs: dict, ds: data.Dataset, steps: int, rounds: int) -> dict:
+  """Training images/s of each member's train step, measured side by side: every round times
+  `steps` steps of each member in turn; the median over rounds. Interleaving keeps a noisy,
+  shared machine from favouring one member. Each step is compiled as train_and_evaluate
+  compiles it (one device, the images on it, batches by index), so the persistent
+  compilation cache holds it already."""
+  device = parallel.select_devices(1, "jit")
   runs = {}
   for member, cfg in configs.items():
-    model = train.build_model(cfg, image_shape)
-    state = train.create_train_state(model, cfg, jax.random.key(0))
-    step = jax.jit(train.bind_steps(cfg, model).train)
-    batch = {"image": jax.random.uniform(jax.random.key(1), (cfg.batch_size, *image_shape))}
-    state, _ = step(state, batch, jax.random.key(2))  # compile
-    runs[member] = [step, state, batch, []]
+    place = parallel.placement("jit", device, cfg.batch_size)
+    model = train.build_model(cfg, ds.image_shape)
+    step = place.compile(train.bind_steps(cfg, model).train)
+    table = place.put_table({"image": ds.train[:]})
+    index = place.put_batches({"index": np.arange(cfg.batch_size, dtype=np.int32)[None]})
+    state = place.put_state(train.create_train_state(model, cfg, jax.random.key(0)))
+    state, _ = step(state, index, jax.random.key(2), table)  # compiled, or loaded from the cache
+    runs[member] = [step, state, (index, jax.random.key(2), table), []]
   for _ in range(rounds):
     for run in runs.values():
-      step, state, batch, times = run
+      step, state, args, times = run
       jax.block_until_ready(state)
       t = time.perf_counter()
       for _ in range(steps):
-        state, _ = step(state, batch, jax.random.key(2))
+        state, _ = step(state, *args)
       jax.block_until_ready(state)
       times.append(time.perf_counter() - t)
       run[1] = state
@@ -148,7 +154,7 @@ def main(argv):
     ds = ds or data.load(cfg.data)
   train.report("timing the members' train steps side by side (%d rounds of %d steps)",
                _SPEED_ROUNDS.value, _SPEED_STEPS.value)
-  speeds = training_speeds(configs, ds.image_shape, _SPEED_STEPS.value, _SPEED_ROUNDS.value)
+  speeds = training_speeds(configs, ds, _SPEED_STEPS.value, _SPEED_ROUNDS.value)
   for member, r in results.items():
     r["images_per_sec"] = speeds[member]
     r["speed_vs_ae"] = speeds[member] / speeds["ae"] if "ae" in speeds else None

@@ -26,6 +26,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experime
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Continue a workdir whose saved run has a different config.")
+cli.define_plugins_flag()
 cli.define_process_flags()
 
 
@@ -35,7 +36,7 @@ def main(argv):
   if not _WORKDIR.value or not _CONFIG.value:
     cli.fail("--config and --workdir are required")
   cli.start_process()
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+  train.train_and_evaluate(cli.with_plugins(_CONFIG.value), _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ import jax
 # start and the processes the tests launch inherit it. A level set by the caller is kept.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-# Must run before any backend is initialised; single-device code still uses device 0.
+# Must run before any backend is initialised; single-device code still uses device 0. Two
+# intra-op threads per device (experiments.size_cpu_pool): with fewer, a pmap all-reduce can
+# wait forever for a device that finds no free thread.
 jax.config.update("jax_num_cpu_devices", 4)
+os.environ.setdefault("PJRT_NPROC", "8")
 
 import pytest  # noqa: E402
 

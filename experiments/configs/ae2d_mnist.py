@@ -1,7 +1,7 @@
 r"""The reference AE with a 2-D latent space, 20 epochs: for drawing the digit manifold.
 
   python -m experiments.train --config experiments/configs/ae2d_mnist.py --workdir runs/ae2d \
-    --config.data.source=idx --config.data.dir=../shared/data/mnist
+    --config.data.source=idx --config.data.dir=~/data/mnist
   python -m experiments.probe --workdir runs/ae2d
 """
 

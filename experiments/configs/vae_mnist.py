@@ -3,7 +3,7 @@ Adam 1e-3, 10 epochs (the setting of the Flax `examples/vae`, with the reference
 and decoder instead of its MLP).
 
   python -m experiments.train --config experiments/configs/vae_mnist.py --workdir runs/vae_mnist \
-    --config.data.source=idx --config.data.dir=../shared/data/mnist
+    --config.data.source=idx --config.data.dir=~/data/mnist
 """
 
 from ae_jax import config as config_lib
