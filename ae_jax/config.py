@@ -44,7 +44,7 @@ LR_SCHEDULES = ("constant", "warmup_cosine")
 
 CORE = (
     Field("seed", 0, NON_NEGATIVE, ALLOW, "root of every key: init, data order, noise, eval"),
-    Field("objective", "ae", one_of_keys(objectives.REGISTRY, "one"), ALLOW,
+    Field("objective", objectives.DEFAULT, one_of_keys(objectives.REGISTRY, "one"), ALLOW,
           "what the step minimises (docs/objectives.md), or one you registered"),
     Field("plugins", (), TEXTS, FREE,
           "modules or .py files imported before the config is checked: they register your objectives, "
@@ -237,7 +237,7 @@ def resume_conflicts(saved: dict, c: ml_collections.ConfigDict) -> tuple[list[st
 
 
 def markdown_table() -> str:
-  """docs/config.md's table of the built-in fields: name, default, allowed values, rerun rule, what it does."""
+  """docs/config.md's table of the built-in fields: name, default, allowed values, rerun rule, what."""
   rule = {FREE: "yes", ALLOW: "with `--allow_config_change`", NEVER: "no"}
   rows = ["| field | default | allowed | rerun may change | what |", "| --- | --- | --- | --- | --- |"]
   for f in all_fields(builtin_only=True):

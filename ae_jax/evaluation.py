@@ -28,7 +28,7 @@ MAX_FIT_EXAMPLES = 10_000  # training latents for the probes and the mixture
 
 
 def ssim(images_a: np.ndarray, images_b: np.ndarray, batch_size: int = 1000) -> float:
-  """Mean SSIM (dm_pix: 11x11 Gaussian window, sigma 1.5, averaged over channels) over image pairs in [0, 1]."""
+  """Mean SSIM (dm_pix: 11x11 Gaussian window, sigma 1.5, channels averaged) of image pairs in [0, 1]."""
   fn = jax.jit(dm_pix.ssim)
   total = 0.0
   for start in range(0, len(images_a), batch_size):
@@ -140,10 +140,11 @@ def final(model, params, config: ml_collections.ConfigDict, ds: data.Dataset, ev
     out["linear_probe_accuracy"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
     out["knn_accuracy"] = knn_accuracy(train_z, train_y, test_z, test_y)
     clf, clf_params = frechet.classifier(ds.train)
-    z, how = sample_latents(model, cfg.num_samples, config.seed, train_z=train_z, components=cfg.gmm_components)
+    z, how = sample_latents(model, cfg.num_samples, config.seed, train_z=train_z,
+                            components=cfg.gmm_components)
     test_f = frechet.features(clf, clf_params, test_x)
-    out["frechet_distance"] = frechet.distance(frechet.features(clf, clf_params, apply.decode(model, params, z)),
-                                               test_f)
+    samples = apply.decode(model, params, z)
+    out["frechet_distance"] = frechet.distance(frechet.features(clf, clf_params, samples), test_f)
     floor_n = min(len(test_x), len(ds.train))
     out["frechet_floor"] = frechet.distance(frechet.features(clf, clf_params, ds.train[:floor_n]), test_f)
     out["frechet_classifier_accuracy"] = frechet.accuracy(clf, clf_params, test_x, test_y)

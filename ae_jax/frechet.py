@@ -65,7 +65,8 @@ def classifier(train) -> tuple[Classifier, dict]:
   trained (about 20 s for MNIST on 2 CPU cores) and cached by the split's fingerprint."""
   if train.labels is None:
     raise ValueError("the Fréchet classifier learns from labels, and this training split has none")
-  path = os.path.join(cache.cache_dir(), f"frechet-classifier-v{CLASSIFIER_VERSION}-{train.fingerprint()[:16]}.npz")
+  name = f"frechet-classifier-v{CLASSIFIER_VERSION}-{train.fingerprint()[:16]}.npz"
+  path = os.path.join(cache.cache_dir(), name)
   model = Classifier(int(train.labels.max()) + 1)
   cached = cache.read_cache(path)
   if cached is None:

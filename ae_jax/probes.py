@@ -188,5 +188,5 @@ def latent_grid(model, params, z_range, n: int = 15) -> np.ndarray:
 
 
 __all__ = ["Trained", "corrupt", "decode", "denoise", "embed", "interpolate", "knn_accuracy", "latent_grid",
-           "linear_probe_accuracy", "load", "pca_2d", "probe_report", "reconstruct", "sample", "sample_latents",
-           "slerp", "traverse", "tsne_2d"]
+           "linear_probe_accuracy", "load", "pca_2d", "probe_report", "reconstruct", "sample",
+           "sample_latents", "slerp", "traverse", "tsne_2d"]

@@ -4,7 +4,6 @@ import ctypes
 import os
 import signal
 import sys
-import time
 
 _FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # glibc's mallopt parameters (malloc.h).

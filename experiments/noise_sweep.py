@@ -30,8 +30,8 @@ def corruption(kind: str, level, trained_noise):
   if kind == "gaussian":
     mean = trained_noise.mean if trained_noise.kind == "gaussian" else 0.5
     return functools.partial(transforms.gaussian, mean=mean, std=level, clip=True)
-  return functools.partial({"masking": transforms.masking, "salt_and_pepper": transforms.salt_and_pepper}[kind],
-                           nu=level)
+  fn = {"masking": transforms.masking, "salt_and_pepper": transforms.salt_and_pepper}[kind]
+  return functools.partial(fn, nu=level)
 
 
 def _eval_at_level(params, batch, key, level, *, kind, objective, trained_noise):

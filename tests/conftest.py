@@ -9,13 +9,19 @@ import jax
 # each a few times, so compiling dominates it (tests/test_objectives.py: 83 s at the
 # default level, 48 s at 0). The ops and dtypes are the same; the loops are less optimised,
 # and a reduction may round differently in the last bits, within every tolerance here.
-# Runs the suite compares with each other all run at this level: it is read at backend
-# start and the processes the tests launch inherit it. A level set by the caller is kept.
+# YNN fusion off, as the entry points set it (experiments.use_fast_cpu_settings), so that
+# in-process runs compute what the runs the tests launch compute, and share their compiled
+# programs in the persistent cache. Both are read at backend start, and the processes the
+# tests launch inherit them. A level set by the caller is kept.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-# Must run before any backend is initialised; single-device code still uses device 0. Two
-# intra-op threads per device (experiments.size_cpu_pool): with fewer, a pmap all-reduce can
-# wait forever for a device that finds no free thread.
+if "xla_cpu_experimental_ynn_fusion_type" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type="
+# Four CPU devices for the multi-device tests, with two intra-op threads per device
+# (experiments.size_cpu_pool): with fewer, a pmap all-reduce can wait forever for a device
+# that finds no free thread. The processes the tests launch inherit the pool's size, which
+# matters beyond speed: it decides how XLA:CPU splits a reduction, and so the last bits of the
+# numbers, and runs of this suite are compared bit for bit across processes.
 jax.config.update("jax_num_cpu_devices", 4)
 os.environ.setdefault("PJRT_NPROC", "8")
 
@@ -30,6 +36,9 @@ os.environ["AE_JAX_CACHE"] = tempfile.mkdtemp(prefix="ae_jax_cache_")
 # entry points do: tests that build the same small programs compile them once per session.
 jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["AE_JAX_CACHE"], "jax"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+# The notebooks' kernels and the scripts the tests start read the same cache from the environment.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.environ["AE_JAX_CACHE"], "jax")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
 SHARED_MNIST = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
 
 

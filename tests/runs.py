@@ -14,8 +14,9 @@ SMALL = ("--config.data.source=embedded", "--config.data.train_size=512", "--con
 
 def train_command(workdir, extra=(), config: str = "dae_mnist.py") -> list[str]:
   """python -m experiments.train with a config of experiments/configs and the SMALL budget."""
-  return [sys.executable, "-m", "experiments.train", "--config", os.path.join(REPO, "experiments", "configs", config),
-          "--workdir", str(workdir), *SMALL, *extra]
+  return [sys.executable, "-m", "experiments.train",
+          "--config", os.path.join(REPO, "experiments", "configs", config), "--workdir", str(workdir), *SMALL,
+          *extra]
 
 
 def run(cmd, check: bool = True, env=None, timeout: float = 600) -> subprocess.CompletedProcess:

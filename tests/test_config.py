@@ -18,7 +18,8 @@ WRONG = {"seed": -1, "objective": "gan", "plugins": ("",), "loss": "l1", "batch_
          "steps_per_call": 0, "data_on_device": "yes", "eval_batch_size": None,
          "log_every_steps": 0, "checkpoint_every_steps": -1, "keep_checkpoints": 0,
          "num_images": 0, "model.filters": (), "model.kernel_size": 0, "model.latent_dim": 2.0,
-         "model.output": "softmax", "model.conv_impl": "cudnn", "model.dtype": "float16", "model.name": "resnet50",
+         "model.output": "softmax", "model.conv_impl": "cudnn", "model.dtype": "float16",
+         "model.name": "resnet50",
          "noise.kind": "speckle", "noise.mean": "half", "noise.std": -0.1, "noise.clip": 1,
          "noise.nu": 1.5, "data.source": "hub", "data.name": "", "data.dir": "",
          "data.download": "no", "data.train_size": 0, "data.test_size": -1,
@@ -104,7 +105,8 @@ def test_plugins_are_imported_once_and_their_fields_join_the_config(tmp_path):
       "from ae_jax.objectives import reconstruction\n"
       "IMPORTS = globals().setdefault('IMPORTS', 0) + 1\n"
       "W = fields.Field('twice.weight', 2.0, fields.POSITIVE_NUMBER, fields.ALLOW, 'test: a weight')\n"
-      "objectives.register('twice', objectives.Objective(reconstruction.AE.bind, fields=(reconstruction.LOSS, W)))\n")
+      "objectives.register('twice', objectives.Objective(reconstruction.AE.bind,\n"
+      "                                                  fields=(reconstruction.LOSS, W)))\n")
   try:
     c = config_lib.get_default(plugins=(str(plugin),))
     config_lib.get_default(plugins=(str(plugin),))  # a second import would re-register
@@ -117,7 +119,8 @@ def test_plugins_are_imported_once_and_their_fields_join_the_config(tmp_path):
       config_lib.validate(c)
     assert "twice.weight" not in config_lib.markdown_table()  # the docs list the built-in fields
     clash = fields.Field("twice.weight", 3.0, fields.POSITIVE_NUMBER, fields.ALLOW, "declared again")
-    objectives.register("twice_again", objectives.Objective(objectives.reconstruction.AE.bind, fields=(clash,)))
+    objectives.register("twice_again",
+                        objectives.Objective(objectives.reconstruction.AE.bind, fields=(clash,)))
     with pytest.raises(ValueError, match="config field 'twice.weight' is declared twice"):
       config_lib.all_fields()
   finally:

@@ -13,7 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ae_jax import data
-from ae_jax.data import embedded, tfds as tfds_source
+from ae_jax.data import embedded
+from ae_jax.data import tfds as tfds_source
 from conftest import SHARED_MNIST, write_mnist_idx
 
 
@@ -151,7 +152,8 @@ def test_tfds_prepared_dataset_is_read_decoded_once_and_cached(tfds_dir, embedde
   # The same images and labels that were written (TFDS stores them in its own order).
   assert _rows(ds.train[:]) == _rows(tx[:600])
   assert _rows(ds.test[:]) == _rows(vx[:200])
-  np.testing.assert_array_equal(np.bincount(ds.train.labels, minlength=10), np.bincount(ty[:600], minlength=10))
+  np.testing.assert_array_equal(np.bincount(ds.train.labels, minlength=10),
+                                np.bincount(ty[:600], minlength=10))
   # train_size decodes only a prefix of the same order.
   small = data.load(_cfg(source="tfds", name="tiny_digits", dir=tfds_dir, train_size=50))
   np.testing.assert_array_equal(small.train[:], ds.train[:50])
@@ -211,7 +213,8 @@ def test_tfds_prepare_failures_are_one_line(monkeypatch, tmp_path, error, messag
 
 
 def test_unknown_source():
-  with pytest.raises(ValueError, match=r"^data.source='hub': expected one of \('tfds', 'idx', 'npz', 'embedded'\)"):
+  with pytest.raises(ValueError,
+                     match=r"^data.source='hub': expected one of \('tfds', 'idx', 'npz', 'embedded'\)"):
     data.load(_cfg(source="hub"))
 
 
@@ -323,7 +326,8 @@ def test_a_registered_source_is_read_by_name(tmp_path):
     split = data.check_split(images, np.arange(10) % 2, "stripes", "train")
     return split, split.take(4), "stripes"
 
-  from ae_jax import config as config_lib, fields  # pylint: disable=g-import-not-at-top
+  from ae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ae_jax import fields
   seed = fields.Field("data.stripes_seed", 0, fields.NON_NEGATIVE, fields.ALLOW, "test source: its seed")
   data.register("stripes", data.DataSource(load, fields=(seed,)))
   try:

@@ -1,4 +1,5 @@
-"""Tiny runs through `python -m experiments.train`: outputs, resume, bit-identical continuation."""
+"""Tiny runs: the real entry point once, then in-process runs compared with it bit for bit (resume,
+mid-epoch resume, host-fed batches, pmap resumed under mesh, a prepared TFDS dataset)."""
 
 import json
 import os
@@ -10,22 +11,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import ae_jax
 from ae_jax import metrics, train
 from conftest import REPO
+from experiments.configs import dae_mnist
+import oracle
+
+# The reference DAE, small: 8 steps per epoch, checkpoints every 5 steps and at each epoch.
+SMALL = {"data.source": "idx", "data.train_size": 256, "data.test_size": 96, "batch_size": 32,
+         "eval_batch_size": 64, "checkpoint_every_steps": 5, "log_every_steps": 4, "num_images": 4}
 
 
-def _train(workdir, idx_dir, *overrides, devices=1, check=True):
-  cmd = [sys.executable, "-m", "experiments.train",
-         "--config", os.path.join(REPO, "experiments", "configs", "dae_mnist.py"),
-         "--workdir", str(workdir), "--config.data.source=idx", f"--config.data.dir={idx_dir}",
-         "--config.data.train_size=256", "--config.data.test_size=96", "--config.batch_size=32",
-         "--config.eval_batch_size=64", "--config.checkpoint_every_steps=5",
-         "--config.log_every_steps=4", "--config.num_images=4", *overrides]
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "PYTHONUNBUFFERED": "1"}
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  if check:
-    assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc
+def _config(idx_dir, **fields):
+  values = {**SMALL, "data.dir": idx_dir, **fields}
+  return oracle.set_fields(dae_mnist.get_config(), **{k.replace(".", "__"): v for k, v in values.items()})
 
 
 def _params(workdir):
@@ -47,6 +46,10 @@ def _eval(workdir):
     return json.load(f)
 
 
+def _run(workdir):
+  return json.loads((workdir / "run.json").read_text())
+
+
 def _assert_same_run(a, b):
   same = train.compare_runs(str(a), str(b))  # params bit for bit, eval.json, metrics.jsonl
   assert same["params_bit_identical"] and same["eval_json_identical"] and same["metrics_identical"], same
@@ -54,8 +57,14 @@ def _assert_same_run(a, b):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, small_idx_dir):
+  """2 epochs through `python -m experiments.train`, the command a user runs."""
   workdir = tmp_path_factory.mktemp("straight")
-  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
+  overrides = [f"--config.{k}={v}" for k, v in {**SMALL, "data.dir": small_idx_dir, "num_epochs": 2}.items()]
+  cmd = [sys.executable, "-m", "experiments.train", "--config",
+         os.path.join(REPO, "experiments", "configs", "dae_mnist.py"), "--workdir", str(workdir), *overrides]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_NUM_CPU_DEVICES": "1", "PYTHONUNBUFFERED": "1"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc
 
 
@@ -72,28 +81,33 @@ def test_outputs_of_a_run(straight):
     assert np.isfinite(ev[k]), k
   assert ev["epoch"] == 2 and ev["step"] == 16 and ev["num_examples"] == 96
   assert ev["recon_mse"] < ev["corruption_mse"]  # it learned to denoise at all
-  run = json.loads((workdir / "run.json").read_text())
+  run = _run(workdir)
   assert run["param_counts"] == {"encoder": 69008, "decoder": 108993, "total": 178001}
   assert run["data"]["num_train"] == 256 and run["data"]["source"].startswith("idx:")
   assert run["config"]["noise"]["kind"] == "gaussian" and run["versions"]["jax"]
+  assert run["objective"] == {"name": "ae", "module": "ae_jax.objectives.reconstruction"}
+  assert run["model"] == {"name": "reference", "module": "ae_jax.models.reference"}
   kinds = [r["kind"] for r in metrics.read_jsonl(workdir / "metrics.jsonl")]
   assert kinds.count("eval") == 2 and kinds.count("train") >= 4
   # Progress lines: step, loss, throughput, ETA.
   assert "img/s | ETA" in proc.stderr and "step 16/16" in proc.stderr
   # The compiled train step went to the persistent compilation cache (conftest: this session's
-  # $AE_JAX_CACHE), where later runs load it; the bit-identical resume tests run on that.
+  # $AE_JAX_CACHE), where later runs load it.
   assert [f for f in os.listdir(os.path.join(os.environ["AE_JAX_CACHE"], "jax"))
           if f.startswith("jit_multi_step-")]
 
 
+def test_the_library_call_is_the_command_bit_for_bit(straight, tmp_path, small_idx_dir):
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=2), str(tmp_path))
+  _assert_same_run(straight[0], tmp_path)
+
+
 def test_stop_after_one_epoch_and_rerun_is_bit_identical(straight, tmp_path, small_idx_dir):
-  workdir = tmp_path / "split"
-  _train(workdir, small_idx_dir, "--config.num_epochs=1")
-  assert _params(workdir)[0] == 8
-  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
-  assert "restored checkpoint at step 8" in proc.stderr
-  _assert_same_run(straight[0], workdir)
-  run = json.loads((workdir / "run.json").read_text())
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=1), str(tmp_path))
+  assert _params(tmp_path)[0] == 8
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=2), str(tmp_path))
+  _assert_same_run(straight[0], tmp_path)
+  run = _run(tmp_path)
   assert run["resumed_from_step"] == 8 and run["config"]["num_epochs"] == 2
   assert [r["resumed_from_step"] for r in run["previous"]] == [0]  # the first invocation's record
   assert run["previous"][0]["config"]["num_epochs"] == 1
@@ -108,68 +122,53 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(straight, tmp_path,
   for s in steps:
     if s > 10:
       shutil.rmtree(ckpts / str(s))
-  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
-  assert "restored checkpoint at step 10" in proc.stderr
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=2), str(workdir))
+  assert _run(workdir)["resumed_from_step"] == 10
   _assert_same_run(straight[0], workdir)
 
 
 def test_denoising_vae_on_binarised_data_resumes_bit_identically(tmp_path, small_idx_dir):
   # Latent samples, binarisation and noise all drawn inside the step from (seed, step, index).
-  family = ("--config.objective=vae", "--config.data.binarize=dynamic", "--config.model.latent_dim=4",
-            "--config.vae.kl_warmup_steps=6")
-  _train(tmp_path / "straight", small_idx_dir, "--config.num_epochs=2", *family)
-  _train(tmp_path / "split", small_idx_dir, "--config.num_epochs=1", *family)
-  proc = _train(tmp_path / "split", small_idx_dir, "--config.num_epochs=2", *family)
-  assert "restored checkpoint at step 8" in proc.stderr
+  family = {"objective": "vae", "data.binarize": "dynamic", "model.latent_dim": 4, "vae.kl_warmup_steps": 6}
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=2, **family), str(tmp_path / "straight"))
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=1, **family), str(tmp_path / "split"))
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=2, **family), str(tmp_path / "split"))
+  assert _run(tmp_path / "split")["resumed_from_step"] == 8
   _assert_same_run(tmp_path / "straight", tmp_path / "split")
   result = _eval(tmp_path / "split")
   assert result["elbo"] < 0 < result["kl"] and result["corruption_mse"] > 0
 
 
-def test_rerun_of_a_finished_run_changes_nothing(straight, small_idx_dir):
+def test_rerun_of_a_finished_run_changes_nothing(straight, small_idx_dir, capsys):
   workdir = straight[0]
   before = (_records(workdir), _eval(workdir), (workdir / "run.json").read_text())
-  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2")
-  assert "nothing to do" in proc.stderr
+  result = train.train_and_evaluate(_config(small_idx_dir, num_epochs=2), str(workdir))
+  assert "nothing to do" in capsys.readouterr().out and result == before[1]
   assert (_records(workdir), _eval(workdir), (workdir / "run.json").read_text()) == before
 
 
 def test_batches_fed_from_the_host_train_the_same(straight, tmp_path, small_idx_dir):
   # data_on_device (default): the images sit on the device and each call sends indices.
-  workdir = tmp_path / "host"
-  _train(workdir, small_idx_dir, "--config.num_epochs=2", "--config.data_on_device=false")
-  run = json.loads((workdir / "run.json").read_text())
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=2, data_on_device=False), str(tmp_path))
+  run = _run(tmp_path)
   assert run["data_on_device"] is False and run["steps_per_call"] == 1  # per-backend choice on CPU
-  assert json.loads((straight[0] / "run.json").read_text())["data_on_device"] is True
-  (step_a, pa), (step_b, pb) = _params(straight[0]), _params(workdir)
+  assert _run(straight[0])["data_on_device"] is True
+  (step_a, pa), (step_b, pb) = _params(straight[0]), _params(tmp_path)
   assert step_a == step_b == 16
   assert metrics.relative_distance(pa, pb) < 1e-6
-  assert [r["step"] for r in _records(workdir)] == [r["step"] for r in _records(straight[0])]
+  assert [r["step"] for r in _records(tmp_path)] == [r["step"] for r in _records(straight[0])]
 
 
 def test_pmap_run_on_four_devices_resumes_under_mesh(tmp_path, small_idx_dir):
-  workdir = tmp_path / "pmap"
-  _train(workdir, small_idx_dir, "--config.num_epochs=1", "--config.parallel=pmap", devices=4)
-  proc = _train(workdir, small_idx_dir, "--config.num_epochs=2", "--config.parallel=mesh",
-                devices=4)
-  assert "restored checkpoint at step 8" in proc.stderr
-  run = json.loads((workdir / "run.json").read_text())
-  assert len(run["devices"]) == 4 and run["parallel"] == "mesh"
-  assert _eval(workdir)["step"] == 16
-
-
-def test_bad_input_is_one_line_and_exit_2(tmp_path, small_idx_dir):
-  proc = _train(tmp_path / "bad", small_idx_dir, "--config.parallel=pmap",
-                "--config.batch_size=30", devices=4, check=False)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1] == (
-      "error: batch_size=30: does not divide across 4 devices (parallel='pmap'); "
-      "use a multiple of 4")
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=1, parallel="pmap"), str(tmp_path))
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=2, parallel="mesh"), str(tmp_path))
+  run = _run(tmp_path)
+  assert len(run["devices"]) == 4 and run["parallel"] == "mesh" and run["resumed_from_step"] == 8
+  assert run["previous"][0]["parallel"] == "pmap" and len(run["previous"][0]["devices"]) == 4
+  assert _eval(tmp_path)["step"] == 16
 
 
 def test_train_and_evaluate_in_process_on_a_prepared_tfds_dataset(tmp_path, tfds_dir):
-  import ae_jax  # pylint: disable=g-import-not-at-top
-
   cfg = ae_jax.default_config()
   cfg.data.source = "tfds"  # the default, read from a real prepared dataset
   cfg.data.name, cfg.data.dir, cfg.data.train_size, cfg.data.test_size = "tiny_digits", tfds_dir, 64, 64

@@ -59,8 +59,9 @@ def test_the_three_plugins_train_together_in_process(registered, tmp_path, capsy
 
 def test_a_plugin_flag_brings_its_fields_to_help_and_a_run(registered, tmp_path):
   plugin = os.path.join(EXAMPLES, "mlp.py")
-  helped = runs.run([sys.executable, "-m", "experiments.train", "--config",
-                     os.path.join(REPO, "experiments", "configs", "ae_mnist.py"), f"--plugins={plugin}", "--help"])
+  ae_mnist = os.path.join(REPO, "experiments", "configs", "ae_mnist.py")
+  helped = runs.run([sys.executable, "-m", "experiments.train", "--config", ae_mnist, f"--plugins={plugin}",
+                     "--help"])
   assert "--config.model.mlp_widths: mlp: hidden widths" in helped.stdout
   assert "expected one of ('reference', 'mlp')" in helped.stdout
   cmd = runs.train_command(tmp_path / "w", (f"--plugins={plugin}", "--config.model.name=mlp",

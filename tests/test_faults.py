@@ -47,8 +47,9 @@ def test_same_config_and_seed_twice_is_bit_identical(reference, tmp_path):
 
 def test_kill_9_at_random_moments_then_rerun_is_bit_identical(reference, tmp_path):
   # The drill tool itself: it kills a run of the same config twice, reruns it, and compares.
-  drill = runs.run([sys.executable, "-m", "tools.fault_drill", f"--workdir={tmp_path}", "--kills=2", "--seed=4",
-                    f"--max_delay={reference[1]:.1f}", f"--reference={reference[0]}"], check=False)
+  drill = runs.run([sys.executable, "-m", "tools.fault_drill", f"--workdir={tmp_path}", "--kills=2",
+                    "--seed=4", f"--max_delay={reference[1]:.1f}", f"--reference={reference[0]}"],
+                   check=False)
   report = json.loads((tmp_path / "fault_drill.json").read_text())
   assert drill.returncode == 0 and report["kills"] == 2 and report["ok"], (drill.stderr[-2000:], report)
 

@@ -25,7 +25,8 @@ def test_reference_param_counts_equal_keras():
 
 def test_the_objective_picks_the_head_and_nothing_else():
   c = config_lib.get_default()
-  for objective, head, extra in (("ae", "dense", []), ("vae", "gaussian", []), ("vqvae", "grid", ["codebook"])):
+  for objective, head, extra in (("ae", "dense", []), ("vae", "gaussian", []),
+                                 ("vqvae", "grid", ["codebook"])):
     c.objective = objective
     model = train.build_model(c, (28, 28, 1))
     assert model.latent == head
@@ -128,7 +129,8 @@ class _MlpDecoder(nn.Module):
   @nn.compact
   def __call__(self, z):
     h = nn.relu(models.heads.decoder_head(self.head, z, (1, 1, self.width)))
-    return nn.Dense(int(np.prod(self.image_shape)))(h.reshape(z.shape[0], -1)).reshape(z.shape[0], *self.image_shape)
+    y = nn.Dense(int(np.prod(self.image_shape)))(h.reshape(z.shape[0], -1))
+    return y.reshape(z.shape[0], *self.image_shape)
 
 
 def test_a_registered_architecture_serves_every_head():
@@ -151,10 +153,11 @@ def test_a_registered_architecture_serves_every_head():
       chex.assert_shape(model.apply({"params": params}, x), (2, 6, 5, 1))
       chex.assert_shape(model.apply({"params": params}, x, method="encode"), (2, 3))
     assert models.ARCHITECTURES["test_mlp"].module == __name__
-    with pytest.raises(ValueError, match=r"model.name='test_mpl': expected one of \('reference', 'test_mlp'\) "
-                                         r"\(did you mean test_mlp\?\)"):
+    with pytest.raises(ValueError, match=r"model.name='test_mpl': expected one of "
+                                         r"\('reference', 'test_mlp'\) \(did you mean test_mlp\?\)"):
       models.get("test_mpl")
-    with pytest.raises(ValueError, match="model 'reference' is already registered by ae_jax.models.reference"):
+    with pytest.raises(ValueError,
+                       match="model 'reference' is already registered by ae_jax.models.reference"):
       models.register("reference", mlp)
   finally:
     del models.ARCHITECTURES["test_mlp"]

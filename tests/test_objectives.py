@@ -212,8 +212,10 @@ def test_vq_ema_codebook_update_by_hand():
   x = np.array([[[[0.1, 0.2]], [[0.5, 0.6]]], [[[0.7, 0.8]], [[0.0, 0.1]]]], np.float32)  # B=2
   batch = {"image": np.zeros((2, 2, 2, 1), np.float32), "input": x, "position": jnp.arange(2)}
   fn = functools.partial(vq.vqvae, apply_fn=apply_fn, loss="mse", commitment=0.25, ema=True)
-  (_, stats_B), grads = jax.value_and_grad(lambda p: (lambda lb, mb, sb: (jnp.mean(lb), sb))(*fn(p, batch, None)),
-                                           has_aux=True)(params)
+  def loss(p):
+    loss_B, _, stats_B = fn(p, batch, None)
+    return jnp.mean(loss_B), stats_B
+  (_, stats_B), grads = jax.value_and_grad(loss, has_aux=True)(params)
   assert np.all(grads["codebook"] == 0)  # with EMA the codes get no gradient
   stats = jax.tree.map(lambda v: jnp.sum(v, 0), stats_B)
   z = 1.5 * x.reshape(4, 2).astype(np.float64)  # codes: 0, 1, 1, 0

@@ -3,26 +3,20 @@
 import os
 import subprocess
 
-import numpy as np
 import pytest
 
-from ae_jax import checkpoint, data, train
+from ae_jax import checkpoint, train
 from ae_jax import config as config_lib
 from conftest import REPO
-import runs
 from experiments.configs import quickstart
+import oracle
+import runs
 
 
 def _cfg(**overrides):
   c = config_lib.get_default()
   c.data.source = "embedded"
-  for key, value in overrides.items():
-    *parents, leaf = key.split("__")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return oracle.set_fields(c, **overrides)
 
 
 BAD_CONFIGS = [

@@ -6,7 +6,6 @@ import pytest
 
 from tools import whole_process
 
-
 # A stand-in for a training process: 0.5 s before its first step, 0.5 s of steps, 0.3 s after the
 # last; 300 MB touched (peak RSS), freed before it exits.
 _CHILD = """

@@ -8,7 +8,6 @@ from ae_jax import config as config_lib
 from ae_jax import parallel, train
 
 
-
 def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
                 steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "auto",
                 on_device: bool = False, objective: str = "ae", binarize: bool = False):

@@ -20,8 +20,6 @@ import sys
 import time
 
 from absl import app, flags
-import jax
-import numpy as np
 
 from ae_jax import metrics
 from ae_jax.train import compare_runs
@@ -34,8 +32,9 @@ _SIGNAL = flags.DEFINE_enum("signal", "KILL", ["KILL", "TERM", "INT", "mixed"],
                             "Signal to send; 'mixed' picks KILL, TERM or INT at random.")
 _MAX_DELAY = flags.DEFINE_float("max_delay", None,
                                 "Longest delay before a kill, in s (default: the reference's time).")
-_REFERENCE = flags.DEFINE_string("reference", None, "A finished uninterrupted run of the drill's config to "
-                                 "compare with (default: made in WORKDIR/reference first); needs --max_delay.")
+_REFERENCE = flags.DEFINE_string(
+    "reference", None, "A finished uninterrupted run of the drill's config to compare with (default: made "
+    "in WORKDIR/reference first); needs --max_delay.")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for a drill of many kills; checkpoints every 3 steps and at each epoch.

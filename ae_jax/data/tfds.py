@@ -38,7 +38,8 @@ def _cache_path(builder, split: str, size: int | None) -> str:
   stamp = f"{os.path.abspath(os.fspath(builder.data_dir))}@{os.path.getmtime(info)}"
   where = hashlib.sha256(stamp.encode()).hexdigest()[:12]
   name = builder.info.full_name.replace("/", "_")
-  return os.path.join(cache.cache_dir(), "tfds", f"{name}-{where}-{split}-{'all' if size is None else size}.npz")
+  prefix = "all" if size is None else size
+  return os.path.join(cache.cache_dir(), "tfds", f"{name}-{where}-{split}-{prefix}.npz")
 
 
 def _read_split(builder, split: str, size: int | None, batch: int = 1024):

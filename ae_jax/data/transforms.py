@@ -24,12 +24,14 @@ BINARIZE_STREAM = 2**32 - 2
 FIELDS = (
     fields.Field("noise.kind", "none", fields.one_of(*KINDS), fields.ALLOW, "input corruption (denoising)"),
     fields.Field("noise.mean", 0.5, fields.NUMBER, fields.ALLOW, "gaussian: mean of the added noise"),
-    fields.Field("noise.std", 0.5, fields.NON_NEGATIVE_NUMBER, fields.ALLOW, "gaussian: std of the added noise"),
+    fields.Field("noise.std", 0.5, fields.NON_NEGATIVE_NUMBER, fields.ALLOW,
+                 "gaussian: std of the added noise"),
     fields.Field("noise.clip", True, fields.BOOL, fields.ALLOW, "gaussian: clip the input to [0, 1]"),
     fields.Field("noise.nu", 0.3, fields.FRACTION, fields.ALLOW,
                  "masking, salt_and_pepper: fraction of pixels hit"),
     fields.Field("data.binarize", "none", fields.one_of(*BINARIZE), fields.ALLOW,
-                 "`dynamic`: train on Bernoulli(x) drawn anew each step; evaluate one fixed draw of the test set"),
+                 "`dynamic`: train on Bernoulli(x) drawn anew each step; evaluate one fixed draw of the "
+                 "test set"),
 )
 
 # uint8 -> float32 by table: exactly numpy's x / 255. XLA turns a division by a constant

@@ -61,7 +61,10 @@ def check_image_shape(image_shape: Sequence[int], cfg: ml_collections.ConfigDict
         f"{padded} and crop the output back")
 
 
-def build(cfg: ml_collections.ConfigDict, image_shape: Sequence[int], head: Head = Head()) -> Autoencoder:
+DENSE = Head("dense")
+
+
+def build(cfg: ml_collections.ConfigDict, image_shape: Sequence[int], head: Head = DENSE) -> Autoencoder:
   """The Autoencoder of architecture cfg.name (cfg is `config.model`) for images of image_shape."""
   check_image_shape(image_shape, cfg)
   arch = get(cfg.name)

@@ -13,6 +13,7 @@ from ae_jax.models import Head
 from ae_jax.objectives import reconstruction, vae, vq
 from ae_jax.objectives.objective import Objective, dense_head, per_example_keys
 
+DEFAULT = "ae"  # the Keras reference autoencoder
 REGISTRY: dict[str, Objective] = {
     "ae": reconstruction.AE, "vae": vae.VAE, "iwae": vae.IWAE, "sparse": reconstruction.SPARSE,
     "contractive": reconstruction.CONTRACTIVE, "vqvae": vq.VQVAE,
@@ -45,5 +46,5 @@ def check(config: ml_collections.ConfigDict) -> None:
     objective.check(config)
 
 
-__all__ = ["Objective", "REGISTRY", "bind", "check", "dense_head", "get", "head", "per_example_keys",
+__all__ = ["DEFAULT", "Objective", "REGISTRY", "bind", "check", "dense_head", "get", "head", "per_example_keys",
            "reconstruction", "register", "vae", "vq"]

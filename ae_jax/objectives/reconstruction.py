@@ -20,8 +20,10 @@ LOSS = fields.Field("loss", "mse", fields.one_of(*losses.NAMES), fields.ALLOW,
 SPARSE_FIELDS = (
     fields.Field("sparse.penalty", "l1", fields.one_of(*SPARSE_PENALTIES), fields.ALLOW,
                  "sparse: `l1` of z, or `kl` of sigmoid(z) to the rate sparse.target"),
-    fields.Field("sparse.weight", 1e-4, fields.NON_NEGATIVE_NUMBER, fields.ALLOW, "sparse: weight of the penalty"),
-    fields.Field("sparse.target", 0.05, fields.OPEN_FRACTION, fields.ALLOW, "sparse, penalty `kl`: the target rate"),
+    fields.Field("sparse.weight", 1e-4, fields.NON_NEGATIVE_NUMBER, fields.ALLOW,
+                 "sparse: weight of the penalty"),
+    fields.Field("sparse.target", 0.05, fields.OPEN_FRACTION, fields.ALLOW,
+                 "sparse, penalty `kl`: the target rate"),
 )
 CONTRACTIVE_FIELDS = (
     fields.Field("contractive.weight", 1e-4, fields.NON_NEGATIVE_NUMBER, fields.ALLOW,

@@ -32,7 +32,8 @@ VAE_FIELDS = (
                  "vae: the KL weight ramps from 0 over these steps"),
 )
 IWAE_FIELDS = (
-    fields.Field("vae.num_samples", 5, fields.POSITIVE, fields.ALLOW, "iwae: importance samples k per example"),
+    fields.Field("vae.num_samples", 5, fields.POSITIVE, fields.ALLOW,
+                 "iwae: importance samples k per example"),
 )
 
 

@@ -49,7 +49,8 @@ def vqvae(params, batch: dict, key: jax.Array, *, apply_fn, loss: str, commitmen
     num_codes = params["codebook"].shape[0]
     onehot_BPK = jax.nn.one_hot(codes.reshape(codes.shape[0], -1), num_codes, dtype=z_e.dtype)
     z_BPD = jax.lax.stop_gradient(z_e).reshape(z_e.shape[0], -1, z_e.shape[-1])
-    stats = {"vq_counts": jnp.sum(onehot_BPK, axis=1), "vq_sums": jnp.einsum("bpk,bpd->bkd", onehot_BPK, z_BPD)}
+    stats = {"vq_counts": jnp.sum(onehot_BPK, axis=1),
+             "vq_sums": jnp.einsum("bpk,bpd->bkd", onehot_BPK, z_BPD)}
   else:
     loss_B = loss_B + mean_sq(jax.lax.stop_gradient(z_e) - z_q)
   return loss_B, {"loss": loss_B, "mse": mse_B, "recon_loss": recon_B, "commitment": commit_B}, stats

@@ -167,8 +167,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           continue
         host_state = place.get_state(dstate)
         if call.epoch_done:
+          final = chief and last and config.eval.final
           last_eval = _epoch_eval(workdir, config, writer, eval_fn, model, eval_params(host_state), ds,
-                                  steps.corrupt, keys["eval"], call, final=chief and last and config.eval.final)
+                                  steps.corrupt, keys["eval"], call, final)
           window.restart_clock()  # eval time is not training throughput
         checkpoint.save(mngr, call.end, host_state, _checkpoint_meta(call.end, schedule, window, config))
         if stopping and not last:

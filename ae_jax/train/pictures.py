@@ -19,10 +19,11 @@ def save(workdir: str, model, params, test_split, corrupt, eval_key: jax.Array, 
   plots.image_rows(os.path.join(workdir, "reconstructions.png"), [x, apply.reconstruct(model, params, x)],
                    ["input", "reconstruction"], "clean test inputs and their reconstructions")
   if model.latent == "gaussian":
-    rows = [apply.decode(model, params, np.asarray(jax.random.normal(jax.random.key(seed), (n, model.latent_dim))))
-            for seed in range(2)]
-    plots.image_rows(os.path.join(workdir, "samples.png"), rows, ["prior", "prior"], "decoded samples z ~ N(0, I)")
+    prior = [np.asarray(jax.random.normal(jax.random.key(seed), (n, model.latent_dim))) for seed in range(2)]
+    plots.image_rows(os.path.join(workdir, "samples.png"), [apply.decode(model, params, z) for z in prior],
+                     ["prior", "prior"], "decoded samples z ~ N(0, I)")
   if corrupt is not None:
     noisy = np.asarray(transforms.corrupt_batch(corrupt, eval_key, jnp.asarray(x), index))
-    plots.image_rows(os.path.join(workdir, "denoising.png"), [x, noisy, apply.reconstruct(model, params, noisy)],
+    plots.image_rows(os.path.join(workdir, "denoising.png"),
+                     [x, noisy, apply.reconstruct(model, params, noisy)],
                      ["clean", "corrupted", "reconstructed"], "denoising (fixed eval noise)")
