@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ae_jax import checkpoint, data, models, objectives, train
+from ae_jax import checkpoint, data, metrics, models, objectives, plots, train
 from ae_jax import config as config_lib
 from ae_jax.data import transforms
 from ae_jax.evaluation import knn_accuracy, linear_probe_accuracy, sample_latents
@@ -159,6 +159,60 @@ def probe_report(trained: Trained, ds: data.Dataset, max_train: int | None = 10_
   }
 
 
+def probe_run(workdir: str, max_train: int | None = 10_000, tsne_points: int = 2000,
+              data_dir: str | None = None) -> dict:
+  """What `python -m experiments.probe` writes: WORKDIR/probes.json (probe_report) and pictures:
+  latent_pca.png, latent_tsne.png, latent_scatter.png and manifold.png (2-D latents), interpolation.png,
+  training_curves.png. data_dir replaces the run's data.dir (moved files)."""
+  trained = load(workdir)
+  data_cfg = trained.config.data
+  if data_dir is not None:
+    data_cfg.dir = data_dir
+  ds = data.load(data_cfg)
+  if not ds.labelled:
+    raise ValueError(f"{ds.source}: the probes colour and predict latents by label, and this data has none")
+  report = probe_report(trained, ds, max_train)
+  test_x, test_y = transforms.to_float(ds.test[:]), ds.test.labels
+  z = embed(trained.model, trained.params, test_x)
+  pictures = {}
+
+  def out(name):
+    pictures[name] = os.path.join(workdir, name)
+    return pictures[name]
+
+  if z.shape[1] == 2:
+    plots.latent_scatter(out("latent_scatter.png"), z, test_y, "test latents (2-D)")
+    lo, hi = np.percentile(z, 1, axis=0), np.percentile(z, 99, axis=0)
+    grid = latent_grid(trained.model, trained.params, ((lo[0], hi[0]), (lo[1], hi[1])))
+    plots.image_grid(out("manifold.png"), grid, "decoded 2-D latent grid (1st-99th percentile)",
+                     extent=(lo[0], hi[0], lo[1], hi[1]))
+  else:
+    plots.latent_scatter(out("latent_pca.png"), pca_2d(z), test_y,
+                         f"test latents ({z.shape[1]}-D), first two principal components",
+                         ("PC 1", "PC 2"))
+  n = min(tsne_points, len(z))
+  plots.latent_scatter(out("latent_tsne.png"), tsne_2d(z[:n]), test_y[:n],
+                       f"t-SNE of {n} test latents", ("t-SNE 1", "t-SNE 2"))
+
+  # Interpolate between the first test examples of labels (0, 1), (2, 3), ... where present.
+  rows, labels = [], []
+  first = {int(c): int(np.flatnonzero(test_y == c)[0]) for c in np.unique(test_y)}
+  pairs = [(a, a + 1) for a in range(0, 10, 2) if a in first and a + 1 in first][:4]
+  for a, b in pairs:
+    for method in ("linear", "slerp"):
+      rows.append(interpolate(trained.model, trained.params, test_x[first[a]], test_x[first[b]], steps=10,
+                              method=method))
+      labels.append(f"{method} {a}->{b}")
+  if rows:
+    plots.image_rows(out("interpolation.png"), rows, labels, "latent interpolation")
+  records = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  if records:
+    plots.training_curves(out("training_curves.png"), records)
+  report["pictures"] = sorted(pictures)
+  metrics.write_json(os.path.join(workdir, "probes.json"), report)
+  return report
+
+
 def pca_2d(z_ND: np.ndarray) -> np.ndarray:
   """Projection of z onto its first two principal components."""
   z = np.asarray(z_ND, np.float64)
@@ -188,5 +242,5 @@ def latent_grid(model, params, z_range, n: int = 15) -> np.ndarray:
 
 
 __all__ = ["Trained", "corrupt", "decode", "denoise", "embed", "interpolate", "knn_accuracy", "latent_grid",
-           "linear_probe_accuracy", "load", "pca_2d", "probe_report", "reconstruct", "sample",
+           "linear_probe_accuracy", "load", "pca_2d", "probe_report", "probe_run", "reconstruct", "sample",
            "sample_latents", "slerp", "traverse", "tsne_2d"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ae_jax
-from ae_jax import checkpoint, data, metrics, models, probes
+from ae_jax import checkpoint, data, metrics, models, probes, sweep
 from conftest import REPO
 import oracle
 
@@ -116,17 +116,13 @@ def test_latent_grid_shape_and_1d_refusal(trained):
     probes.latent_grid(oracle.reference(), None, ((0, 1), (0, 1)))
 
 
-def _script(name, workdir, *args):
-  proc = subprocess.run([sys.executable, "-m", f"experiments.{name}", "--workdir", workdir, *args],
-                        cwd=REPO, capture_output=True, text=True, timeout=600)
+def test_probe_command_writes_report_and_pictures(trained_dir):
+  cmd = [sys.executable, "-m", "experiments.probe", "--workdir", trained_dir, "--max_train=256", "--tsne_points=100"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc
-
-
-def test_probe_script_writes_report_and_pictures(trained_dir):
-  _script("probe", trained_dir, "--max_train=256", "--tsne_points=100")
   with open(os.path.join(trained_dir, "probes.json")) as f:
     report = json.load(f)
+  assert f"knn_accuracy: {report['knn_accuracy']}" in proc.stdout  # the command prints the report
   for k in ("linear_probe_accuracy", "knn_accuracy", "pixel_linear_probe_accuracy",
             "pixel_knn_accuracy"):
     assert 0.1 < report[k] <= 1.0, (k, report[k])  # above chance on 10 classes
@@ -137,8 +133,8 @@ def test_probe_script_writes_report_and_pictures(trained_dir):
     assert os.path.getsize(os.path.join(trained_dir, name)) > 1000
 
 
-def test_noise_sweep_script(trained_dir):
-  _script("noise_sweep", trained_dir)
+def test_noise_sweep(trained_dir):
+  sweep.noise_sweep(trained_dir)
   with open(os.path.join(trained_dir, "sweep.json")) as f:
     rows = json.load(f)["rows"]
   assert [(r["kind"], r.get("sigma", r.get("nu"))) for r in rows][:4] == [

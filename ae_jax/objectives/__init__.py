@@ -46,5 +46,5 @@ def check(config: ml_collections.ConfigDict) -> None:
     objective.check(config)
 
 
-__all__ = ["DEFAULT", "Objective", "REGISTRY", "bind", "check", "dense_head", "get", "head", "per_example_keys",
-           "reconstruction", "register", "vae", "vq"]
+__all__ = ["DEFAULT", "Objective", "REGISTRY", "bind", "check", "dense_head", "get", "head",
+           "per_example_keys", "reconstruction", "register", "vae", "vq"]
