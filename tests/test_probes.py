@@ -117,7 +117,8 @@ def test_latent_grid_shape_and_1d_refusal(trained):
 
 
 def test_probe_command_writes_report_and_pictures(trained_dir):
-  cmd = [sys.executable, "-m", "experiments.probe", "--workdir", trained_dir, "--max_train=256", "--tsne_points=100"]
+  cmd = [sys.executable, "-m", "experiments.probe", "--workdir", trained_dir, "--max_train=256",
+         "--tsne_points=100"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(trained_dir, "probes.json")) as f:
