@@ -17,13 +17,19 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 if "xla_cpu_experimental_ynn_fusion_type" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type="
-# Four CPU devices for the multi-device tests, with two intra-op threads per device
-# (experiments.size_cpu_pool): with fewer, a pmap all-reduce can wait forever for a device
-# that finds no free thread. The processes the tests launch inherit the pool's size, which
-# matters beyond speed: it decides how XLA:CPU splits a reduction, and so the last bits of the
-# numbers, and runs of this suite are compared bit for bit across processes.
+# Four CPU devices for this process's multi-device tests, with two intra-op threads per
+# device (experiments.size_cpu_pool): with fewer, a pmap all-reduce can wait forever for a
+# device that finds no free thread. For this process's backend only: the runs the tests
+# launch size their own pool (one device: one thread per core, 30% faster than eight). The
+# size decides how XLA:CPU splits a reduction, and so the last bits of the numbers: a launched
+# run compared bit for bit with an in-process one gets PJRT_NPROC=POOL.
 jax.config.update("jax_num_cpu_devices", 4)
-os.environ.setdefault("PJRT_NPROC", "8")
+_pool = os.environ.get("PJRT_NPROC")
+POOL = int(_pool or 8)
+os.environ["PJRT_NPROC"] = str(POOL)
+jax.devices()  # the backend starts here, with these settings
+if _pool is None:
+  del os.environ["PJRT_NPROC"]
 
 import pytest  # noqa: E402
 

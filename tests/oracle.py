@@ -1,6 +1,8 @@
 """The independent computations tests check the library against: a float64 numpy reference model,
 and the tiny configs the unit tests build models from."""
 
+import functools
+
 import jax
 import numpy as np
 
@@ -102,3 +104,14 @@ def reference(image_shape=(28, 28, 1), objective: str = "ae", **model_fields):
   c.objective = objective
   c.model.update(model_fields)
   return train.build_model(c, image_shape)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _apply(model, params, x, method):
+  return model.apply({"params": params}, x, method=method)
+
+
+def apply(model, params, x, method: str | None = None):
+  """model.apply({'params': params}, x, method=method), jitted: one compilation instead of one per
+  operation (eager ops compile one by one, which dominated some tests)."""
+  return _apply(model, params, x, method)

@@ -13,6 +13,7 @@ import pytest
 
 import ae_jax
 from ae_jax import metrics, train
+import conftest
 from conftest import REPO
 from experiments.configs import dae_mnist
 import oracle
@@ -57,13 +58,15 @@ def _assert_same_run(a, b):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, small_idx_dir):
-  """2 epochs through `python -m experiments.train`, the command a user runs."""
+  """2 epochs through `python -m experiments.train`, the command a user runs (with this process's
+  intra-op pool, so that in-process runs compute the same bits)."""
   workdir = tmp_path_factory.mktemp("straight")
   overrides = [f"--config.{k}={v}" for k, v in {**SMALL, "data.dir": small_idx_dir, "num_epochs": 2}.items()]
   cmd = [sys.executable, "-m", "experiments.train", "--config",
          os.path.join(REPO, "experiments", "configs", "dae_mnist.py"), "--workdir", str(workdir), *overrides]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_NUM_CPU_DEVICES": "1", "PYTHONUNBUFFERED": "1"})
+                        env={**os.environ, "JAX_NUM_CPU_DEVICES": "1", "PJRT_NPROC": str(conftest.POOL),
+                             "PYTHONUNBUFFERED": "1"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc
 

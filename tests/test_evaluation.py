@@ -1,5 +1,6 @@
 """The final evaluation against closed forms and hand computations; experiments.compare end to end."""
 
+import functools
 import json
 import os
 import subprocess
@@ -85,12 +86,13 @@ def test_importance_nll_is_the_iwae_bound_and_tightens_with_samples():
   log_weights = objectives.get("vae").log_weights(cfg, model.apply)
   one = evaluation.importance_nll(log_weights, state.params, x, key, 1, batch_size=3)  # a padded last batch
   keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, 0), jnp.arange(len(x)))
-  parts, _, _ = vae.sample_parts(state.params, x, x, keys_B, 1, apply_fn=model.apply,
-                                 likelihood="bernoulli", scale=None)
+  parts, _, _ = jax.jit(functools.partial(vae.sample_parts, num_samples=1, apply_fn=model.apply,
+                                          likelihood="bernoulli", scale=None))(state.params, x, x, keys_B)
   np.testing.assert_allclose(one, -vae.iwae_bound(parts), rtol=1e-6)
   many = evaluation.importance_nll(log_weights, state.params, x, key, 120, chunk=50)
   elbo_fn = objectives.bind(cfg, model.apply)
-  elbo = np.mean(jax.vmap(lambda k: elbo_fn(state.params, {**batch, "image": x, "input": x}, k)[1]["elbo"])(
+  binary = {**batch, "image": x, "input": x}
+  elbo = np.mean(jax.jit(jax.vmap(lambda k: elbo_fn(state.params, binary, k)[1]["elbo"]))(
       jax.random.split(key, 1000)), axis=0)  # the ELBO's expectation, to ~0.01 nats
   assert np.all(many < -elbo)  # log p(x) >= its 120-sample bound >= the ELBO
 

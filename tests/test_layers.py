@@ -89,8 +89,8 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   bf16 = oracle.reference(conv_impl="subpixel", dtype="bfloat16")
   params = models.init_params(bf16, jax.random.key(0))
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
-  y16, y32 = bf16.apply({"params": params}, x), f32.apply({"params": params}, x)
-  assert y16.dtype == jnp.float32 and bf16.apply({"params": params}, x, method="encode").dtype == jnp.float32
+  y16, y32 = oracle.apply(bf16, params, x), oracle.apply(f32, params, x)
+  assert y16.dtype == jnp.float32 and oracle.apply(bf16, params, x, "encode").dtype == jnp.float32
   # bfloat16 has an 8-bit mantissa: close, but not equal.
   err = float(jnp.max(jnp.abs(y16 - y32)))
   assert 0 < err < 2e-2

@@ -64,8 +64,8 @@ class ShapesTest(chex.TestCase):
     x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
     z = self.variant(lambda p, x: model.encoder.apply({"params": p}, x))(params["encoder"], x)
     y = self.variant(lambda p, z: model.decoder.apply({"params": p}, z))(params["decoder"], z)
-    np.testing.assert_allclose(jax.nn.sigmoid(y), model.apply({"params": params}, x), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(model.apply({"params": params}, z, method="decode_logits"), y, rtol=1e-6,
+    np.testing.assert_allclose(jax.nn.sigmoid(y), oracle.apply(model, params, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(oracle.apply(model, params, z, "decode_logits"), y, rtol=1e-6,
                                atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -75,7 +75,7 @@ class ShapesTest(chex.TestCase):
     x = jnp.ones((2, 32, 32, 3))
     out = self.variant(lambda p, x: model.apply({"params": p}, x))(params, x)
     chex.assert_shape(out, (2, 32, 32, 3))
-    np.testing.assert_array_equal(out, model.apply({"params": params}, x, method="logits"))
+    np.testing.assert_array_equal(out, oracle.apply(model, params, x, "logits"))
     assert params["decoder"]["project"]["kernel"].shape == (7, 4 * 4 * 32)
     assert params["encoder"]["conv2"]["kernel"].shape == (5, 5, 16, 32)
 
@@ -98,14 +98,14 @@ def test_pad_runs_sizes_the_levels_do_not_divide():
   model = oracle.reference((28, 27, 1), filters=(4, 8, 8), latent_dim=3, pad=True)
   params = models.init_params(model, jax.random.key(0))
   x = jax.random.uniform(jax.random.key(1), (2, 28, 27, 1))
-  chex.assert_shape(model.apply({"params": params}, x), (2, 28, 27, 1))
+  chex.assert_shape(oracle.apply(model, params, x), (2, 28, 27, 1))
   # The same as padding by hand (rows 2 + 2, columns 2 + 3) and cropping the decoder's 32x32 output.
   x_pad = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 3), (0, 0)))
-  z = model.apply({"params": params}, x, method="encode")
+  z = oracle.apply(model, params, x, "encode")
   inner = oracle.reference((32, 32, 1), filters=(4, 8, 8), latent_dim=3)
-  np.testing.assert_allclose(z, inner.apply({"params": params}, x_pad, method="encode"), rtol=1e-6)
-  full = inner.apply({"params": params}, x_pad, method="logits")
-  np.testing.assert_allclose(model.apply({"params": params}, x, method="logits"),
+  np.testing.assert_allclose(z, oracle.apply(inner, params, x_pad, "encode"), rtol=1e-6)
+  full = oracle.apply(inner, params, x_pad, "logits")
+  np.testing.assert_allclose(oracle.apply(model, params, x, "logits"),
                              full[:, 2:30, 2:29], rtol=1e-6)
   assert params["decoder"]["project"]["kernel"].shape == (3, 4 * 4 * 8)
 
@@ -150,8 +150,8 @@ def test_a_registered_architecture_serves_every_head():
       model = train.build_model(c, (6, 5, 1))
       params = models.init_params(model, jax.random.key(0))
       x = jnp.ones((2, 6, 5, 1))
-      chex.assert_shape(model.apply({"params": params}, x), (2, 6, 5, 1))
-      chex.assert_shape(model.apply({"params": params}, x, method="encode"), (2, 3))
+      chex.assert_shape(oracle.apply(model, params, x), (2, 6, 5, 1))
+      chex.assert_shape(oracle.apply(model, params, x, "encode"), (2, 3))
     assert models.ARCHITECTURES["test_mlp"].module == __name__
     with pytest.raises(ValueError, match=r"model.name='test_mpl': expected one of "
                                          r"\('reference', 'test_mlp'\) \(did you mean test_mlp\?\)"):

@@ -55,12 +55,12 @@ def test_vae_loss_is_bernoulli_nats_plus_beta_kl_from_per_example_keys():
   objective = objectives.bind(cfg, model.apply)
   key = jax.random.key(3)
   loss_B, m, _ = objective(state.params, batch, key)
-  mean, logvar = model.apply({"params": state.params}, batch["input"], method="posterior")
+  mean, logvar = oracle.apply(model, state.params, batch["input"], "posterior")
   # Independent: example b's noise from fold_in(key, b), decoded one at a time.
   eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, b), (1, cfg.model.latent_dim)))[0]
                   for b in range(B)])
   z = np.asarray(mean, np.float64) + np.exp(np.asarray(logvar, np.float64) / 2) * eps
-  logits = model.apply({"params": state.params}, jnp.asarray(z, jnp.float32), method="decode_logits")
+  logits = oracle.apply(model, state.params, jnp.asarray(z, jnp.float32), "decode_logits")
   nll, kl = _bce_nats(logits, batch["image"]), _np_kl(mean, logvar)
   np.testing.assert_allclose(loss_B, nll + 2.5 * kl, rtol=1e-5)
   np.testing.assert_allclose(m["elbo"], -nll - kl, rtol=1e-5)
@@ -85,9 +85,9 @@ def test_gaussian_likelihood_fixed_and_learned_scale():
     if scale is None:
       assert state.params["log_scale"].shape == ()
       state = state.replace(params={**state.params, "log_scale": jnp.asarray(np.log(0.3), jnp.float32)})
-    _, m, _ = objectives.bind(cfg, model.apply)(state.params, batch, jax.random.key(3))
+    _, m, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, batch, jax.random.key(3))
     sigma = 0.1 if scale else 0.3
-    mean, logvar = model.apply({"params": state.params}, batch["input"], method="posterior")
+    mean, logvar = oracle.apply(model, state.params, batch["input"], "posterior")
     eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(3), b), (1, 2)))[0]
                     for b in range(B)])
     z = np.asarray(mean) + np.exp(np.asarray(logvar) / 2) * eps
@@ -100,12 +100,13 @@ def test_gaussian_likelihood_fixed_and_learned_scale():
 
 def test_iwae_with_one_sample_is_the_one_sample_elbo_and_matches_vae_on_average():
   cfg, model, state, batch = _setup("iwae", **{"vae.num_samples": 1})
-  iwae = objectives.bind(cfg, model.apply)
+  iwae = jax.jit(objectives.bind(cfg, model.apply))
   key = jax.random.key(5)
   loss_B, _, _ = iwae(state.params, batch, key)
   keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, batch["position"])
-  parts, _, _ = vae.sample_parts(state.params, batch["input"], batch["image"], keys_B, 1,
-                                        apply_fn=model.apply, likelihood="bernoulli", scale=None)
+  parts, _, _ = jax.jit(functools.partial(vae.sample_parts, num_samples=1, apply_fn=model.apply,
+                                          likelihood="bernoulli", scale=None))(
+      state.params, batch["input"], batch["image"], keys_B)
   one_sample_elbo = parts.log_px_z[:, 0] + parts.log_pz[:, 0] - parts.log_qz_x[:, 0]
   np.testing.assert_allclose(-loss_B, one_sample_elbo, rtol=1e-6)
   # E[one-sample ELBO] = the closed-form-KL ELBO the vae objective reports.
@@ -135,8 +136,8 @@ def test_iwae_bound_is_the_log_mean_exp_of_the_weights():
 def test_sparse_penalties_by_hand():
   for penalty in ("l1", "kl"):
     cfg, model, state, batch = _setup("sparse", **{"sparse.penalty": penalty, "sparse.weight": 0.5})
-    loss_B, m, _ = objectives.bind(cfg, model.apply)(state.params, batch, jax.random.key(0))
-    z = np.asarray(model.apply({"params": state.params}, batch["input"], method="encode"), np.float64)
+    loss_B, m, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, batch, jax.random.key(0))
+    z = np.asarray(oracle.apply(model, state.params, batch["input"], "encode"), np.float64)
     if penalty == "l1":
       ref = np.abs(z).sum(-1)
     else:
@@ -148,7 +149,7 @@ def test_sparse_penalties_by_hand():
 
 def test_contractive_penalty_matches_finite_differences():
   cfg, model, state, batch = _setup("contractive", **{"contractive.weight": 0.3})
-  loss_B, m, _ = objectives.bind(cfg, model.apply)(state.params, batch, jax.random.key(0))
+  loss_B, m, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, batch, jax.random.key(0))
   x = np.asarray(batch["input"], np.float64)
   h = 1e-6
   fro2 = []
@@ -159,8 +160,8 @@ def test_contractive_penalty_matches_finite_differences():
   np.testing.assert_allclose(m["jacobian_fro2"], fro2, rtol=1e-4)
   np.testing.assert_allclose(loss_B, m["recon_loss"] + 0.3 * np.asarray(fro2), rtol=1e-5)
   # Its gradient reaches the encoder (second-order autodiff), not the decoder.
-  grads = jax.grad(lambda p: jnp.mean(reconstruction.contractive_penalty(
-      lambda xi: model.apply({"params": p}, xi[None], method="encode")[0], batch["input"][0])))(state.params)
+  grads = jax.jit(jax.grad(lambda p: jnp.mean(reconstruction.contractive_penalty(
+      lambda xi: oracle.apply(model, p, xi[None], "encode")[0], batch["input"][0]))))(state.params)
   assert np.abs(grads["encoder"]["conv0"]["kernel"]).max() > 0
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads["decoder"]))
 
@@ -187,7 +188,7 @@ def test_vq_straight_through_gradient_and_codebook_loss_by_hand():
   x = np.array([[[[0.1, 0.2]], [[0.5, 0.6]]]], np.float32)  # [B=1, 2, 1, 2]
   batch = {"image": np.full((1, 2, 2, 1), 0.3, np.float32), "input": x, "position": jnp.arange(1)}
   fn = functools.partial(vq.vqvae, apply_fn=apply_fn, loss="mse", commitment=0.25, ema=False)
-  loss, grads = jax.value_and_grad(lambda p: jnp.mean(fn(p, batch, None)[0]))(params)
+  loss, grads = jax.jit(jax.value_and_grad(lambda p: jnp.mean(fn(p, batch, None)[0])))(params)
   z_e = 1.5 * x.astype(np.float64)  # [[0.15, 0.3], [0.75, 0.9]] -> codes 0 and 1
   z_q = codebook[[0, 1]]
   s = z_q.sum()  # the decoder sees z_q's values (straight through)
@@ -215,7 +216,7 @@ def test_vq_ema_codebook_update_by_hand():
   def loss(p):
     loss_B, _, stats_B = fn(p, batch, None)
     return jnp.mean(loss_B), stats_B
-  (_, stats_B), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  (_, stats_B), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   assert np.all(grads["codebook"] == 0)  # with EMA the codes get no gradient
   stats = jax.tree.map(lambda v: jnp.sum(v, 0), stats_B)
   z = 1.5 * x.reshape(4, 2).astype(np.float64)  # codes: 0, 1, 1, 0
@@ -237,8 +238,8 @@ def test_vqvae_ema_train_step_moves_codes_to_the_mean_of_their_vectors():
   step = jax.jit(train.bind_steps(cfg, model).train)
   new, m = step(state, {"image": batch["image"]}, jax.random.key(0))
   chex.assert_trees_all_equal_shapes(new.params, state.params)
-  z = model.apply({"params": state.params}, batch["image"], method="encode")
-  _, codes = model.apply({"params": state.params}, z, method="quantize")
+  z = oracle.apply(model, state.params, batch["image"], "encode")
+  _, codes = oracle.apply(model, state.params, z, "quantize")
   codes, z = np.asarray(codes).ravel(), np.asarray(z).reshape(-1, cfg.model.latent_dim)
   for k in np.unique(codes):
     n_k, s_k = np.sum(codes == k), z[codes == k].sum(0)

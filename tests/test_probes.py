@@ -47,10 +47,10 @@ def test_embed_reconstruct_decode_match_the_model(trained):
   ds = data.load(trained.config.data)
   x = data.to_float(ds.test[:37])  # not a multiple of the batch: the padded path
   z = probes.embed(trained.model, trained.params, x, batch_size=16)
-  direct_z = trained.model.apply({"params": trained.params}, x, method="encode")
+  direct_z = oracle.apply(trained.model, trained.params, x, "encode")
   np.testing.assert_allclose(z, direct_z, rtol=1e-5, atol=1e-6)
   recon = probes.reconstruct(trained.model, trained.params, x, batch_size=16)
-  np.testing.assert_allclose(recon, trained.model.apply({"params": trained.params}, x),
+  np.testing.assert_allclose(recon, oracle.apply(trained.model, trained.params, x),
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(probes.decode(trained.model, trained.params, z), recon,
                              rtol=1e-5, atol=1e-6)
