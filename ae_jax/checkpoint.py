@@ -1,12 +1,21 @@
-"""Orbax checkpoints of everything a run needs to continue: train state, data position, config."""
+"""Orbax checkpoints of everything a run needs to continue: train state, data position, config.
+
+Orbax commits a checkpoint atomically but checks no content, so each one's meta
+holds a CRC-32 of every array, written with it and verified on restore: a flipped
+bit or a truncated file makes the checkpoint unreadable, and the one before it is
+used.
+"""
 
 import os
 import shutil
+import zlib
 
 from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ae_jax import faults
 
 META_KEYS = ("step", "steps_per_epoch", "batch_size", "log_window", "config")
 
@@ -34,14 +43,41 @@ def _finite(tree) -> bool:
              if np.issubdtype(np.asarray(x).dtype, np.floating))
 
 
+def digests(state) -> dict[str, str]:
+  """{array path: 'crc32:<hex>'} of every leaf of a host state (numpy arrays)."""
+  out = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    x = np.ascontiguousarray(x)
+    out[jax.tree_util.keystr(path)] = f"crc32:{zlib.crc32(memoryview(x).cast('B')) if x.size else 0:08x}"
+  return out
+
+
+def latest_saved(mngr: ocp.CheckpointManager) -> str:
+  """'step N' of the newest finished checkpoint, or 'none yet', for a message."""
+  mngr.wait_until_finished()
+  step = mngr.latest_step()
+  return "none yet: a rerun starts from scratch" if step is None else f"step {step}"
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
-  """Saves host `state` (numpy leaves, unreplicated) and JSON `meta` at `step`."""
+  """Saves host `state` (numpy leaves, unreplicated) and JSON `meta` at `step`, with the state's digests.
+
+  Refused before anything is written when the state is not finite, or when the
+  disk has no room for it (a save that runs out of space half way leaves
+  nothing to restore, and Orbax's error comes late and noisy).
+  """
   state = jax.tree.map(np.asarray, state)
   if not _finite(state):
     raise FloatingPointError(f"refusing to save step {step}: the state has non-finite values "
-                             f"(last checkpoint: step {mngr.latest_step()})")
+                             f"(last checkpoint: {latest_saved(mngr)})")
+  need = int(1.1 * sum(x.nbytes for x in jax.tree.leaves(state))) + 2**20
+  free = shutil.disk_usage(mngr.directory).free
+  if free < need:
+    raise faults.EnvironmentFault(
+        f"no space left on device for the checkpoint of step {step} in {mngr.directory}: it needs about "
+        f"{need / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free (last checkpoint: {latest_saved(mngr)})")
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)))
+                                          meta=ocp.args.JsonSave({**meta, "digests": digests(state)})))
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target, check_meta=None):
@@ -73,6 +109,12 @@ def restore_latest(mngr: ocp.CheckpointManager, target, check_meta=None):
         raise ValueError(f"holds step {int(state.step)}/{meta['step']}, not {step}")
       if not _finite(state):
         raise ValueError("non-finite values")
+      saved = meta.get("digests")  # checkpoints written before digests have none to check
+      if saved is not None:
+        bad = [k for k, v in digests(state).items() if saved.get(k) != v]
+        if bad:
+          raise ValueError(f"array {bad[0]} does not match its checksum"
+                           + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     except Exception as e:  # pylint: disable=broad-except
       problems.append(_report(mngr, step, e))
       continue

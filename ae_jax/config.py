@@ -86,6 +86,9 @@ EVAL = (
     Field("eval.num_samples", 10000, POSITIVE, FREE, "final eval: generated images for the Frechet distance"),
     Field("eval.gmm_components", 10, POSITIVE, FREE,
           "final eval: mixture fitted to deterministic models' training latents, to sample from"),
+    Field("eval.collapse", "warn", one_of("warn", "error"), FREE,
+          "a model whose reconstructions stop depending on the input (evaluation.health): `warn` says so "
+          "in one line and in eval.json; `error` also stops the run (exit 3)"),
 )
 
 

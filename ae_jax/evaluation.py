@@ -151,3 +151,39 @@ def final(model, params, config: ml_collections.ConfigDict, ds: data.Dataset, ev
     out["samples_from"] = how
   out["final_eval_seconds"] = round(time.perf_counter() - t0, 1)
   return out
+
+
+COLLAPSE_FACTOR = 1e-3  # collapsed: the reconstructions' spread fell below 1/1000 of the untrained model's
+
+
+def output_spread(model, params, x_NHWC: np.ndarray) -> float:
+  """The per-pixel variance of the deterministic reconstructions across the examples x_NHWC, over that of
+  the images themselves: how much the output depends on the input."""
+  x = transforms.to_float(np.asarray(x_NHWC))
+  spread_x = float(np.mean(np.var(x.astype(np.float64), axis=0)))
+  recon = apply.reconstruct(model, params, x).astype(np.float64)
+  return float(np.mean(np.var(recon, axis=0))) / spread_x if spread_x > 0 else 1.0
+
+
+def health(model, params, x_NHWC: np.ndarray, mean_image_HWC: np.ndarray, init_spread: float) -> dict:
+  """Whether training still works, from the deterministic reconstructions of a test sample x_NHWC.
+
+  A model that collapsed (a learning rate far too high, say) answers every input
+  alike while its loss stays finite: its `output_spread` falls to ~0 (exactly 0
+  for dead ReLUs or saturated sigmoids), against ~1e-4 for an untrained model
+  (init_spread, measured on the same sample) and ~1e-2 after one epoch of
+  training. Beside it: `mean_image_mse`, the error of answering every input with
+  the mean training image (the trivial baseline), and `param_norm`, the params'
+  global L2 norm (it explodes with the learning rate).
+  """
+  x = transforms.to_float(np.asarray(x_NHWC))
+  spread = output_spread(model, params, x)
+  out = {"output_spread": spread, "mean_image_mse": float(np.mean(np.square(x - mean_image_HWC))),
+         "param_norm": float(np.sqrt(sum(np.sum(np.square(np.asarray(p, np.float64)))
+                                         for p in jax.tree.leaves(params)))),
+         "collapsed": bool(spread < max(COLLAPSE_FACTOR * init_spread, 1e-12))}
+  if out["collapsed"]:
+    out["collapse_reason"] = (f"the reconstructions no longer depend on the input: their spread across "
+                              f"{len(x)} test images is {spread:.2g} of the images' own, against "
+                              f"{init_spread:.2g} before training (param norm {out['param_norm']:.3g})")
+  return out

@@ -3,6 +3,7 @@
 import json
 import os
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -25,28 +26,50 @@ def upgrade_eval(record: dict) -> dict:
   return {EVAL_RENAMES.get(k, k): v for k, v in record.items()}
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """The records of a metrics.jsonl; eval records with today's names."""
+class DamagedFile(ValueError):
+  """A side file of a workdir (metrics.jsonl, run.json) that cannot be read; the message is one line."""
+
+
+def read_jsonl(path: str, *, drop_truncated_tail: bool = False) -> list[dict]:
+  """The records of a metrics.jsonl; eval records with today's names.
+
+  drop_truncated_tail: a last line cut short (a crash or a full disk while
+  appending) is dropped with a warning; the checkpoint is the truth and the
+  records after it are rewritten. Any other bad line is a DamagedFile naming it.
+  """
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split("\n")
+  records = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if drop_truncated_tail and not any(rest.strip() for rest in lines[i + 1:]):
+        logging.warning("%s: its last line is cut short (%s); dropping it", path, e.msg)
+        break
+      raise DamagedFile(f"{path}: line {i + 1} is not a JSON record ({e.msg}); fix or remove that line "
+                        "(the checkpoints hold the run's state; the records after the latest one are "
+                        "rewritten)") from None
   return [upgrade_eval(r) if r.get("kind") == "eval" else r for r in records]
 
 
 class Writer:
   """Appends records to WORKDIR/metrics.jsonl and WORKDIR/tensorboard.
 
-  Resuming at `resume_step` drops records past it (work that is redone), so the
-  file reads as one uninterrupted run.
+  `kept` are the records up to the step a run resumes from (work past it is
+  redone), read and checked before anything was written, so the file reads as
+  one uninterrupted run.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, resume_step: int = 0, kept: list[dict] = ()):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
     self.path = os.path.join(workdir, "metrics.jsonl")
-    kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
-    _write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+    _write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept if r["step"] <= resume_step))
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                              purge_step=resume_step + 1 if resume_step else None)
 
@@ -64,13 +87,18 @@ class Writer:
 
 
 def _write_atomically(path: str, text: str) -> None:
-  """Temp file + rename: a crash leaves the old file or the new one, never half of either."""
+  """Temp file + rename: a crash leaves the old file or the new one, never half of either; a failed
+  write (a full disk, a signal) leaves no temp file behind."""
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def write_json(path: str, obj: dict) -> None:

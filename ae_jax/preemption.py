@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT become one stop point that every process of a run agrees on.
+"""SIGTERM/SIGINT/SIGHUP become one stop point that every process of a run agrees on.
 
 A signal sets a flag; the loop asks `stop.due(calls)` after every compiled call
 and, once it says yes, checkpoints and raises `Preempted`. With one process the
@@ -12,8 +12,14 @@ its loop has dispatched, and reads everyone's count; the stop is at the
 largest count + 1, a call no process has dispatched yet. The watcher works
 while the loop is blocked on the device, so no process waits on one that
 waits on it.
+
+Work after a checkpoint (an eval, pictures) runs `interruptible()`: a signal
+there raises Interrupted at once, since nothing of it is lost (the rerun redoes
+it from the checkpoint), so a signal during a minutes-long final eval ends the
+run in seconds.
 """
 
+import contextlib
 import signal
 import threading
 
@@ -23,19 +29,29 @@ from jax._src import distributed
 
 _PREFIX = "ae_jax/stop"
 _POLL_S = 0.2
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the terminal closed
 
 
 class Preempted(Exception):
-  """Training stopped on SIGTERM/SIGINT after checkpointing the current step."""
+  """Training stopped on a signal after checkpointing the current step."""
 
-  def __init__(self, signum: int, step: int, directory: str):
+  def __init__(self, signum: int, step: int, directory: str, redo: str = ""):
     self.signum, self.step = signum, step
     super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved "
-                     f"in {directory}; rerun the same command to continue")
+                     f"in {directory}; rerun the same command to continue{redo}")
+
+
+class Interrupted(Exception):
+  """A signal during interruptible() work."""
+
+  def __init__(self, signum: int):
+    self.signum = signum
+    super().__init__(signal.Signals(signum).name)
 
 
 class StopOnSignal:
-  """Context manager: SIGTERM/SIGINT -> a stop point agreed by all processes; a second signal aborts."""
+  """Context manager: SIGTERM/SIGINT/SIGHUP -> a stop point agreed by all processes; a second signal
+  aborts."""
 
   def __init__(self, timeout_s: float = 60.0):
     self.signum = None  # the signal that stops the run (this process's, or a peer's)
@@ -48,6 +64,7 @@ class StopOnSignal:
     self._stop_at = None
     self._closed = threading.Event()
     self._watcher = None
+    self._interruptible = False
 
   def _handle(self, signum, frame):
     if self._local.is_set():  # asked twice: stop now, without the checkpoint
@@ -55,12 +72,27 @@ class StopOnSignal:
       raise KeyboardInterrupt
     self.signum = signum
     self._local.set()
+    if self._interruptible:
+      logging.warning("received %s: stopping now (the rerun redoes this from the checkpoint)",
+                      signal.Signals(signum).name)
+      raise Interrupted(signum)
     logging.warning("received %s: stopping after the current call and checkpointing",
                     signal.Signals(signum).name)
 
+  @contextlib.contextmanager
+  def interruptible(self):
+    """Work the rerun can redo from the last checkpoint: a signal (now or already) raises Interrupted."""
+    if self.signum is not None:
+      raise Interrupted(self.signum)
+    self._interruptible = True
+    try:
+      yield
+    finally:
+      self._interruptible = False
+
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for s in (signal.SIGTERM, signal.SIGINT):
+      for s in SIGNALS:
         self._old[s] = signal.signal(s, self._handle)
     if self._client is not None:
       self._watcher = threading.Thread(target=self._watch, name="ae_jax-stop-watcher", daemon=True)

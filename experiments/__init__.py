@@ -90,8 +90,9 @@ def _exit_now(signum, frame):
 
 
 def exit_on_signal() -> None:
-  """SIGINT/SIGTERM -> _exit_now (the train loop installs its own checkpointing handler while it runs)."""
-  for s in (signal.SIGINT, signal.SIGTERM):
+  """SIGINT/SIGTERM/SIGHUP -> _exit_now (the train loop installs its own checkpointing handler while it
+  runs)."""
+  for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
     signal.signal(s, _exit_now)
 
 

@@ -6,15 +6,16 @@ import sys
 
 from absl import app, flags, logging
 
-from ae_jax import checkpoint, data, parallel, preemption
+from ae_jax import checkpoint, data, faults, parallel, preemption
 from ae_jax import config as config_lib
 import experiments
 
 # Exceptions -> exit codes, most specific first; the message is printed as one line.
 EXIT_CODES = (
     (preemption.Preempted, lambda e: 128 + e.signum),  # after checkpointing the agreed step
-    (FloatingPointError, lambda e: 3),  # training diverged
+    (FloatingPointError, lambda e: 3),  # training diverged or collapsed
     (checkpoint.CheckpointError, lambda e: 4),  # no readable checkpoint
+    (faults.EnvironmentFault, lambda e: 6),  # the machine: no space, a read-only or vanished filesystem, I/O
     (ValueError, lambda e: 2),  # bad input (data.DataError too), found before any work
 )
 
@@ -204,6 +205,7 @@ def use_compilation_cache(directory: str | None = None) -> str | None:
 def start_tool(argv, workdir: str | None) -> str:
   """For the tools that read a trained workdir: signals, logging, the compilation cache, the workdir."""
   exit_on_signal()
+  faults.drop_callbacks_to_closed_loops()
   quiet_logging()
   use_compilation_cache()
   if len(argv) > 1:
@@ -246,6 +248,7 @@ def start_process() -> None:
   f = flags.FLAGS
   experiments.use_fast_cpu_settings(f.keep_freed_memory)
   experiments.size_cpu_pool()
+  faults.drop_callbacks_to_closed_loops()
   quiet_logging()
   use_compilation_cache(f.compilation_cache_dir)
   n, pid = f.num_processes, f.process_id

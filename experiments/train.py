@@ -4,10 +4,12 @@ Rerunning the same command with the same workdir resumes from its latest
 checkpoint. Override any config field with `--config.FIELD=VALUE`.
 
 Exit codes (experiments/cli.py): 0 done; 2 bad input (one line naming the field,
-before any work); 3 training diverged (non-finite loss); 4 no readable
+before any work; also a workdir another run holds); 3 training diverged (a
+non-finite loss) or collapsed with eval.collapse='error'; 4 no readable
 checkpoint; 5 the processes of a multi-process run could not all join within
---distributed_timeout_s; 128 + signal number after SIGTERM/SIGINT to any process
-(every process checkpointed the same step).
+--distributed_timeout_s; 6 the machine failed (no space, a read-only or vanished
+filesystem, an I/O error); 128 + signal number after SIGTERM/SIGINT/SIGHUP to
+any process (every process checkpointed the same step).
 
 Multi-process (one command per host, same config and workdir on a shared
 filesystem; README "Many hosts"): --num_processes, --process_id and

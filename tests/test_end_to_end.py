@@ -77,8 +77,10 @@ def test_outputs_of_a_run(straight):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
   ev = _eval(workdir)
-  assert sorted(ev) == ["corruption_mse", "corruption_psnr", "epoch", "loss", "num_examples",
-                        "recon_from_clean_mse", "recon_from_clean_psnr", "recon_mse", "recon_psnr", "step"]
+  assert sorted(ev) == ["collapsed", "corruption_mse", "corruption_psnr", "epoch", "loss", "mean_image_mse",
+                        "num_examples", "output_spread", "param_norm", "recon_from_clean_mse",
+                        "recon_from_clean_psnr", "recon_mse", "recon_psnr", "step"]
+  assert ev["collapsed"] is False and 0.005 < ev["output_spread"] < 2 and ev["param_norm"] > 1
   for k in ("loss", "recon_mse", "recon_psnr", "corruption_mse", "corruption_psnr",
             "recon_from_clean_mse", "recon_from_clean_psnr"):
     assert np.isfinite(ev[k]), k

@@ -136,7 +136,7 @@ def test_incompatible_workdir_is_refused_unless_overridden(tmp_path):
   small = ["--config", CONFIG, "--config.data.train_size=64", "--config.data.test_size=32"]
   proc = _cli(workdir, *small, "--config.num_epochs=1", "--config.learning_rate=0.01",
               "--config.noise.std=0.3")
-  _one_line_error(proc, f"error: workdir='{workdir}' holds a run with another config "
+  _one_line_error(proc, f"error: workdir='{workdir}' holds a run with another config or data "
                         "(learning_rate: 0.001 -> 0.01; noise.std: 0.5 -> 0.3)")
   assert sorted(os.listdir(workdir)) == before
   assert all(os.path.getmtime(workdir / f) == t for f, t in mtimes.items())

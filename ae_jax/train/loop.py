@@ -1,4 +1,4 @@
-"""`train_and_evaluate`: every check, then the restore, then one loop over the compiled calls."""
+"""`train_and_evaluate`: every check, then the lock and the restore, then one loop over the compiled calls."""
 
 import json
 import os
@@ -9,12 +9,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from ae_jax import checkpoint, data, evaluation, metrics, parallel, preemption
+from ae_jax import checkpoint, data, evaluation, faults, metrics, parallel, preemption
 from ae_jax import config as config_lib
+from ae_jax.data import transforms
 from ae_jax.train import pictures, rundir
 from ae_jax.train.logwindow import LogWindow
 from ae_jax.train.state import create_train_state, eval_params, run_keys
 from ae_jax.train.steps import bind_steps, build_model, evaluate, resolve_steps_per_call
+
+HEALTH_SAMPLE = 256  # test images evaluation.health looks at
+MEAN_IMAGE_SAMPLE = 10_000  # training images averaged for its trivial baseline
+
+
+class Collapsed(FloatingPointError):
+  """The model's outputs stopped depending on its input (eval.collapse='error')."""
 
 
 def report(message: str, *args) -> None:
@@ -40,9 +48,8 @@ def _read_back(pending: list, place, window: LogWindow, mngr) -> None:
   for (first, _), m in zip(calls, place.get_metrics([dm for _, dm in calls])):
     bad = ~np.isfinite(m["loss"])
     if bad.any():
-      raise FloatingPointError(
-          f"loss is {m['loss'][bad.argmax()]} at step {first + int(bad.argmax()) + 1}; "
-          f"stopping (last checkpoint: step {mngr.latest_step()})")
+      raise FloatingPointError(f"loss is {m['loss'][bad.argmax()]} at step {first + int(bad.argmax()) + 1}; "
+                               f"stopping (last checkpoint: {checkpoint.latest_saved(mngr)})")
     window.add(m)
 
 
@@ -64,28 +71,61 @@ def _log_progress(writer, window: LogWindow, step: int, schedule: data.Schedule,
          time.strftime("%H:%M:%S", time.gmtime(eta)))
 
 
-def _epoch_eval(workdir: str, config, writer, eval_fn, model, params, ds, corrupt, eval_key,
-                call: data.Call, final: bool) -> dict:
-  """The end-of-epoch eval (and, at the last step, evaluation.final), recorded by the chief."""
-  result = evaluate(eval_fn, params, ds.test, eval_key, config.eval_batch_size)
-  result.update(step=call.end, epoch=call.epoch + 1)
-  if final:
-    result.update(evaluation.final(model, params, config, ds, eval_key))
-  if writer:  # the chief: eval.json, a metrics record, the pictures and a log line
-    writer.write(result["step"], "eval", result)
-    metrics.write_json(os.path.join(workdir, "eval.json"), result)
-    pictures.save(workdir, model, params, ds.test, corrupt, eval_key, config.num_images)
-    report("eval at step %d (epoch %d): %s", result["step"], result["epoch"],
-           ", ".join(f"{k} {v:.5f}" for k, v in result.items() if isinstance(v, float)))
-  return result
+class _Evaluator:
+  """The end-of-epoch eval of one run: metrics on the test split, the model's health, at the last step
+  the final eval; recorded by the chief (eval.json, a metrics record, pictures, a log line)."""
+
+  def __init__(self, workdir, config, writer, eval_fn, model, ds, corrupt, eval_key, init_params):
+    self.workdir, self.config, self.writer, self.eval_fn = workdir, config, writer, eval_fn
+    self.model, self.ds, self.corrupt, self.eval_key = model, ds, corrupt, eval_key
+    self.sample = ds.test[:min(HEALTH_SAMPLE, len(ds.test))]
+    self.mean_image = np.mean(transforms.to_float(ds.train[:min(MEAN_IMAGE_SAMPLE, len(ds.train))]), axis=0)
+    self.init_spread = evaluation.output_spread(model, init_params, self.sample)
+
+  def __call__(self, params, step: int, epoch: int, final: bool, record_metrics: bool = True) -> dict:
+    result = evaluate(self.eval_fn, params, self.ds.test, self.eval_key, self.config.eval_batch_size)
+    result.update(step=step, epoch=epoch)
+    result.update(evaluation.health(self.model, params, self.sample, self.mean_image, self.init_spread))
+    if final:
+      result.update(evaluation.final(self.model, params, self.config, self.ds, self.eval_key))
+    if self.writer:
+      if record_metrics:
+        self.writer.write(step, "eval", result)
+      metrics.write_json(os.path.join(self.workdir, "eval.json"), result)
+      pictures.save(self.workdir, self.model, params, self.ds.test, self.corrupt, self.eval_key,
+                    self.config.num_images)
+      report("eval at step %d (epoch %d): %s", step, epoch,
+             ", ".join(f"{k} {v:.5f}" for k, v in result.items() if isinstance(v, float)))
+    if result["collapsed"]:
+      logging.warning("step %d: %s; a lower learning_rate or grad_clip_norm may help", step,
+                      result["collapse_reason"])
+      if self.config.eval.collapse == "error":
+        raise Collapsed(f"the model collapsed at step {step}: {result['collapse_reason']} "
+                        "(eval.collapse='error')")
+    return result
 
 
-def _checkpoint_meta(step: int, schedule: data.Schedule, window: LogWindow, config) -> dict:
+def _checkpoint_meta(step: int, schedule: data.Schedule, window: LogWindow, config, data_sha256: str) -> dict:
   return {"step": step, "epoch": step // schedule.steps_per_epoch,
           "position_in_epoch": step % schedule.steps_per_epoch,
           "steps_per_epoch": schedule.steps_per_epoch, "batch_size": schedule.batch_size,
           "num_train": schedule.num_train, "log_window": window.to_meta(),
-          "config": json.loads(config.to_json_best_effort())}
+          "config": json.loads(config.to_json_best_effort()), "data_sha256": data_sha256}
+
+
+def _eval_missing(workdir: str, step: int, records: list[dict]) -> tuple[bool, bool]:
+  """(whether the eval at `step`, an epoch end, must be computed, whether metrics.jsonl lacks its record).
+
+  A signal during an epoch end's eval (after its checkpoint) or a deleted
+  eval.json leaves it to the rerun.
+  """
+  recorded = any(r["kind"] == "eval" and r["step"] == step for r in records)
+  try:
+    with open(os.path.join(workdir, "eval.json")) as f:
+      current = json.load(f).get("step") == step
+  except (OSError, json.JSONDecodeError):
+    current = False
+  return not (recorded and current), not recorded
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -93,11 +133,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains and evaluates per `config` in `workdir`, resuming from its latest checkpoint.
 
   Everything is checked before anything is written: the config, the workdir, the
-  data, and (when resuming) that the saved run's config is compatible, unless
-  allow_config_change. Returns the final eval metrics (also in WORKDIR/eval.json).
-  Raises Preempted after checkpointing if SIGTERM/SIGINT arrives (in any process).
+  data, and (when resuming) that the saved run's config and data are compatible,
+  unless allow_config_change, and that its side files can be read. Then the
+  workdir is locked for this run alone. Returns the final eval metrics (also in
+  WORKDIR/eval.json). Raises Preempted after checkpointing on SIGTERM/SIGINT/SIGHUP
+  (in any process), faults.EnvironmentFault when the machine fails a write.
   """
-  # Prepare: every check, then the restore; nothing is written until all passed.
+  # Prepare: every check; nothing is written until all have passed.
   started = time.perf_counter()
   config_lib.import_plugins(config.plugins)
   config_lib.validate(config)
@@ -111,73 +153,139 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ds = data.load(config.data)
   if config.batch_size > len(ds.train):
     raise ValueError(f"batch_size={config.batch_size}: larger than the {len(ds.train)} training examples")
+  data_sha256 = ds.summary()["sha256"]
   model = build_model(config, ds.image_shape)
   keys = run_keys(config.seed)
   schedule = data.Schedule(keys["data"], len(ds.train), config.batch_size, config.num_epochs,
                            resolve_steps_per_call(config.steps_per_call))
-  state, window, unreadable = rundir.restore(
-      workdir, config, create_train_state(model, config, keys["init"], schedule.total_steps),
-      schedule.steps_per_epoch, allow_config_change)
+  records = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"), drop_truncated_tail=True)
+  previous = rundir.read_previous(workdir)
+
+  with rundir.Lock(workdir):
+    try:
+      return _run(config, workdir, allow_config_change, started, devices, place, ds, data_sha256, model, keys,
+                  schedule, records, previous)
+    except Exception as e:  # pylint: disable=broad-except
+      fault = faults.describe(e)
+      if fault is None or isinstance(e, faults.EnvironmentFault):
+        raise
+      raise faults.EnvironmentFault(f"{fault} ({_first_line(e)}); the last complete checkpoint is kept: "
+                                    "fix the machine and rerun the same command") from None
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _run(config, workdir, allow_config_change, started, devices, place, ds, data_sha256, model, keys,
+         schedule, records, previous) -> dict:
+  """Restore, then the loop (train_and_evaluate after its checks, with the workdir locked)."""
+  initial = create_train_state(model, config, keys["init"], schedule.total_steps)
+  state, window, unreadable = rundir.restore(workdir, config, initial, schedule.steps_per_epoch,
+                                             allow_config_change, data_sha256)
   start_step = int(state.step)
-  if start_step >= schedule.total_steps:  # a finished run: report it, write nothing
+  # In a multi-process run every process trains and checkpoints (Orbax writes
+  # collectively); only process 0 writes metrics, pictures, eval.json and run.json.
+  chief = jax.process_index() == 0
+  steps = bind_steps(config, model)
+  eval_fn = jax.jit(steps.eval)
+  at_epoch_end = start_step > 0 and start_step % schedule.steps_per_epoch == 0
+  redo_eval, redo_record = _eval_missing(workdir, start_step, records) if at_epoch_end else (False, False)
+  if start_step >= schedule.total_steps and not redo_eval:  # a finished run: report it, write nothing
     report("nothing to do: checkpoint at step %d >= %d steps for %d epochs", start_step,
            schedule.total_steps, config.num_epochs)
     with open(os.path.join(workdir, "eval.json")) as f:
       return metrics.upgrade_eval(json.load(f))
 
-  # In a multi-process run every process trains and checkpoints (Orbax writes
-  # collectively); only process 0 writes metrics, pictures, eval.json and run.json.
-  chief = jax.process_index() == 0
   if chief:
-    os.makedirs(workdir, exist_ok=True)
     checkpoint.set_aside(workdir, unreadable)
-    record = rundir.run_record(workdir, config, ds, devices, state, schedule, start_step)
+    record = rundir.run_record(config, ds, devices, state, schedule, start_step,
+                               previous if start_step else [])
     metrics.write_json(os.path.join(workdir, "run.json"), record)
     report("data %s: %d train / %d test, image shape %s; %s params; objective %s, model %s; %s on %d "
            "device(s) of %d process(es), conv_impl %s", ds.source, len(ds.train), len(ds.test),
            ds.image_shape, f"{record['param_counts']['total']:,}", config.objective, config.model.name,
            config.parallel, len(devices), jax.process_count(), record["conv_impl"])
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-  writer = metrics.Writer(workdir, start_step) if chief else None
-  steps = bind_steps(config, model)
-  step, eval_fn = place.compile(steps.train), jax.jit(steps.eval)
-  table = place.put_table({"image": ds.train[:]}) if config.data_on_device else None
-  dstate, pending, last_eval = place.put_state(state), [], None
-
+  writer = metrics.Writer(workdir, start_step, records) if chief else None
+  evaluator = _Evaluator(workdir, config, writer, eval_fn, model, ds, steps.corrupt, keys["eval"],
+                         initial.params)
+  failed = True
   try:
     with preemption.StopOnSignal() as stop:
-      for calls, call in enumerate(schedule.calls(start_step), 1):
-        rows = call.indices_KB[:, place.local_rows]  # this process's rows of each global batch
-        batches = {"index": rows} if table is not None else {"image": ds.train[rows]}
-        dstate, device_metrics = step(dstate, place.put_batches(batches), keys["train"], table)
-        if calls == 1 and chief:
-          _report_first_step(device_metrics, started)
-        pending.append((call.start, device_metrics))
-        stopping = stop.due(calls)
-        last = call.end == schedule.total_steps
-        log_now = itstime(call.start, call.end, config.log_every_steps) or last
-        save_now = (call.epoch_done or last or stopping
-                    or itstime(call.start, call.end, config.checkpoint_every_steps))
-        if not (log_now or save_now):
-          continue
-        _read_back(pending, place, window, mngr)  # the host waits for the device only here
-        if log_now:
-          _log_progress(writer, window, call.end, schedule, steps.log_keys)
-        if not save_now:
-          continue
-        host_state = place.get_state(dstate)
-        if call.epoch_done:
-          final = chief and last and config.eval.final
-          last_eval = _epoch_eval(workdir, config, writer, eval_fn, model, eval_params(host_state), ds,
-                                  steps.corrupt, keys["eval"], call, final)
-          window.restart_clock()  # eval time is not training throughput
-        checkpoint.save(mngr, call.end, host_state, _checkpoint_meta(call.end, schedule, window, config))
-        if stopping and not last:
-          mngr.wait_until_finished()
-          raise preemption.Preempted(stop.signum, call.end, mngr.directory)
+      last_eval = None
+      if redo_eval:  # the epoch end's eval a signal (or a deleted eval.json) left to this rerun
+        report("evaluating the checkpoint at step %d, whose eval was not recorded", start_step)
+        last_eval = _interruptible_eval(stop, evaluator, mngr, eval_params(state), start_step, schedule,
+                                        redo_record, final=chief and start_step == schedule.total_steps
+                                        and config.eval.final)
+      if start_step < schedule.total_steps:
+        last_eval = _loop(config, stop, mngr, writer, evaluator, place, steps, ds, keys, schedule, state,
+                          window, start_step, started, chief, data_sha256)
+    failed = False
   finally:
-    mngr.wait_until_finished()  # an async save in flight completes (or fails) before exit
-    mngr.close()
-    if writer:
-      writer.close()
+    _close(mngr, writer, failed)
   return last_eval
+
+
+def _loop(config, stop, mngr, writer, evaluator, place, steps, ds, keys, schedule, state, window, start_step,
+          started, chief, data_sha256) -> dict:
+  """The compiled calls from start_step to the end: train, log, checkpoint, then evaluate each epoch end."""
+  step = place.compile(steps.train)
+  table = place.put_table({"image": ds.train[:]}) if config.data_on_device else None
+  dstate, pending, last_eval = place.put_state(state), [], None
+  for calls, call in enumerate(schedule.calls(start_step), 1):
+    rows = call.indices_KB[:, place.local_rows]  # this process's rows of each global batch
+    batches = {"index": rows} if table is not None else {"image": ds.train[rows]}
+    dstate, device_metrics = step(dstate, place.put_batches(batches), keys["train"], table)
+    if calls == 1 and chief:
+      _report_first_step(device_metrics, started)
+    pending.append((call.start, device_metrics))
+    stopping = stop.due(calls)
+    last = call.end == schedule.total_steps
+    log_now = itstime(call.start, call.end, config.log_every_steps) or last
+    save_now = (call.epoch_done or last or stopping
+                or itstime(call.start, call.end, config.checkpoint_every_steps))
+    if not (log_now or save_now):
+      continue
+    _read_back(pending, place, window, mngr)  # the host waits for the device only here
+    if log_now:
+      _log_progress(writer, window, call.end, schedule, steps.log_keys)
+    if not save_now:
+      continue
+    host_state = place.get_state(dstate)
+    # The checkpoint first: what comes after it (the eval) a rerun can redo from it.
+    checkpoint.save(mngr, call.end, host_state, _checkpoint_meta(call.end, schedule, window, config,
+                                                                 data_sha256))
+    if stopping and not last:
+      mngr.wait_until_finished()
+      raise preemption.Preempted(stop.signum, call.end, mngr.directory)
+    if call.epoch_done:
+      last_eval = _interruptible_eval(stop, evaluator, mngr, eval_params(host_state), call.end, schedule,
+                                      True, final=chief and last and config.eval.final)
+      window.restart_clock()  # eval time is not training throughput
+  return last_eval
+
+
+def _interruptible_eval(stop, evaluator, mngr, params, step: int, schedule, record_metrics: bool,
+                        final: bool) -> dict:
+  """The eval at an epoch end, after its checkpoint: a signal stops it at once, for the rerun to redo."""
+  try:
+    with stop.interruptible():
+      return evaluator(params, step, step // schedule.steps_per_epoch, final, record_metrics)
+  except preemption.Interrupted as e:
+    mngr.wait_until_finished()
+    raise preemption.Preempted(e.signum, step, mngr.directory,
+                               f" (it evaluates step {step} from that checkpoint first)") from None
+
+
+def _close(mngr, writer, failed: bool) -> None:
+  """Waits for the save in flight and closes the sinks. After a failure, their own errors (a full
+  disk again) are logged, not raised over the first one."""
+  for close in (mngr.wait_until_finished, mngr.close, *([writer.close] if writer else [])):
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      if not failed:
+        raise
+      logging.warning("while stopping: %s", _first_line(e))

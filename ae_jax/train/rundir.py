@@ -5,13 +5,15 @@ import importlib.metadata
 import json
 import os
 import platform
+import socket
 import tempfile
+import time
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from ae_jax import checkpoint, data, metrics, models, objectives
+from ae_jax import checkpoint, data, faults, metrics, models, objectives
 from ae_jax import config as config_lib
 from ae_jax.models import layers
 from ae_jax.train.logwindow import LogWindow
@@ -26,6 +28,9 @@ def check_workdir(workdir: str) -> None:
   path = os.path.abspath(workdir)
   probe_in = path
   while not os.path.exists(probe_in):
+    if os.path.islink(probe_in):  # a link to nothing: an unmounted filesystem, a moved folder
+      raise ValueError(f"workdir={workdir!r}: {probe_in} is a symbolic link to {os.readlink(probe_in)!r}, "
+                       "which does not exist (a filesystem not mounted?)")
     probe_in = os.path.dirname(probe_in)
   if not os.path.isdir(probe_in):
     raise ValueError(f"workdir={workdir!r}: {probe_in} is not a directory")
@@ -33,6 +38,8 @@ def check_workdir(workdir: str) -> None:
     with tempfile.TemporaryDirectory(dir=probe_in, prefix=".ae_jax_probe_"):
       pass
   except OSError as e:
+    if e.errno in faults.ERRNOS:  # the machine's fault (read-only, full, gone), not the argument's
+      raise faults.EnvironmentFault(f"workdir={workdir!r}: {faults.ERRNOS[e.errno]} in {probe_in}") from None
     raise ValueError(f"workdir={workdir!r}: not writable ({e.strerror or e})") from None
 
 
@@ -49,12 +56,16 @@ def versions() -> dict:
 
 
 def check_saved_run(meta: dict, config, workdir: str, steps_per_epoch: int | None,
-                    allow_config_change: bool) -> None:
-  """Raises ValueError unless the run saved in workdir can continue under `config`.
+                    allow_config_change: bool, data_sha256: str | None = None) -> None:
+  """Raises ValueError unless the run saved in workdir can continue under `config` (and data_sha256,
+  the data's checksum).
 
   steps_per_epoch=None checks the config alone (before the data is loaded).
   """
   conflicts, reshaping = config_lib.resume_conflicts(meta["config"], config)
+  saved_data = meta.get("data_sha256")  # checkpoints written before it was recorded have none
+  if data_sha256 is not None and saved_data is not None and saved_data != data_sha256:
+    conflicts.append(f"data sha256: {saved_data[:12]}... -> {data_sha256[:12]}...")
   if reshaping:
     raise ValueError(
         f"workdir={workdir!r} holds a model of another shape ({'; '.join(reshaping)}): its "
@@ -62,7 +73,7 @@ def check_saved_run(meta: dict, config, workdir: str, steps_per_epoch: int | Non
         "use a new workdir")
   if conflicts and not allow_config_change:
     raise ValueError(
-        f"workdir={workdir!r} holds a run with another config ({'; '.join(conflicts)}): use a "
+        f"workdir={workdir!r} holds a run with another config or data ({'; '.join(conflicts)}): use a "
         "new workdir, or pass --allow_config_change to continue it with this config")
   if steps_per_epoch is not None and (meta["steps_per_epoch"] != steps_per_epoch
                                       or meta["batch_size"] != config.batch_size):
@@ -72,7 +83,8 @@ def check_saved_run(meta: dict, config, workdir: str, steps_per_epoch: int | Non
         f"and {steps_per_epoch}: use a new workdir")
 
 
-def restore(workdir: str, config, state, steps_per_epoch: int, allow_config_change: bool):
+def restore(workdir: str, config, state, steps_per_epoch: int, allow_config_change: bool,
+            data_sha256: str | None = None):
   """(state, window, unreadable steps) from the workdir's latest readable checkpoint, if any."""
   if jax.process_count() > 1:  # every process must see the workdir before any of them writes to it
     multihost_utils.sync_global_devices("ae_jax: workdir checked")
@@ -82,7 +94,7 @@ def restore(workdir: str, config, state, steps_per_epoch: int, allow_config_chan
   try:
     restored = checkpoint.restore_latest(reader, state, functools.partial(
         check_saved_run, config=config, workdir=workdir, steps_per_epoch=steps_per_epoch,
-        allow_config_change=allow_config_change))
+        allow_config_change=allow_config_change, data_sha256=data_sha256))
   finally:
     reader.close()
   if restored is None:
@@ -92,19 +104,78 @@ def restore(workdir: str, config, state, steps_per_epoch: int, allow_config_chan
   return state, LogWindow.from_meta(meta["log_window"]), unreadable
 
 
+class Lock:
+  """An exclusive lock on WORKDIR/.lock, held by one run (its chief) at a time.
+
+  fcntl.flock: the kernel releases it when the holder's process ends, however it
+  ends (kill -9 too), so a stopped run never leaves a stale lock. The file holds
+  the holder's pid, host and start time for the refusal's message. Every process
+  of a multi-process run learns whether its chief got the lock.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir, self.path, self._fd = workdir, os.path.join(workdir, LOCK_FILE), None
+
+  def __enter__(self):
+    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+
+    held_by = None
+    if jax.process_index() == 0:
+      os.makedirs(self.workdir, exist_ok=True)
+      self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # never truncated before it is ours
+      try:
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        held_by = os.read(self._fd, 1000).decode(errors="replace").strip() or "another process"
+        os.close(self._fd)
+        self._fd = None
+      else:
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+    if jax.process_count() > 1:
+      held = multihost_utils.broadcast_one_to_all(np.int32(held_by is not None))
+      held_by = held_by or ("another process" if int(held) else None)
+    if held_by is not None:
+      raise ValueError(f"workdir={self.workdir!r} is in use by {held_by}: wait for that run to end or stop "
+                       "it; two runs in one workdir would overwrite each other's checkpoints")
+    return self
+
+  def __exit__(self, *exc):
+    if self._fd is not None:
+      os.close(self._fd)  # releases the lock; the file stays, with the last holder's line
+      self._fd = None
+
+
+LOCK_FILE = ".lock"
+
+
+def read_previous(workdir: str) -> list[dict]:
+  """run.json's records of the invocations so far, for a run that resumes from a checkpoint.
+
+  A damaged run.json is one ValueError naming it and how to continue, found
+  before anything is written.
+  """
+  path = os.path.join(workdir, "run.json")
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      earlier = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise metrics.DamagedFile(
+        f"{path} is damaged ({e}); it only records the earlier invocations: move it aside "
+        f"(mv {path} {path}.damaged) and rerun, which continues from the latest checkpoint") from None
+  return earlier.pop("previous", []) + [earlier]
+
+
 def _plug(registry: dict, name: str) -> dict:
   return {"name": name, "module": registry[name].module}
 
 
-def run_record(workdir: str, config, ds: data.Dataset, devices, state, schedule: data.Schedule,
-               start_step: int) -> dict:
-  """run.json: what this invocation ran with; earlier invocations' records under 'previous'."""
-  previous = []
-  path = os.path.join(workdir, "run.json")
-  if start_step and os.path.exists(path):
-    with open(path) as f:
-      earlier = json.load(f)
-    previous = earlier.pop("previous", []) + [earlier]
+def run_record(config, ds: data.Dataset, devices, state, schedule: data.Schedule, start_step: int,
+               previous: list[dict]) -> dict:
+  """run.json: what this invocation ran with; the earlier ones' records (read_previous) under 'previous'."""
   return {
       "config": json.loads(config.to_json_best_effort()),
       "objective": _plug(objectives.REGISTRY, config.objective),
