@@ -166,13 +166,16 @@ def run(main) -> None:
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Keeps the progress lines readable: INFO from library internals is dropped (ae_jax's stays)."""
+  """Keeps the progress lines readable: INFO from library internals is dropped (ae_jax's stays), and so
+  are Orbax's logged tracebacks, whose exception reaches ae_jax's code, which says it in one line."""
 
   LIBRARIES = ("orbax", "tensorstore", "etils", "jax", "tensorflow_datasets")
 
   def filter(self, record):
-    return record.levelno >= py_logging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in self.LIBRARIES)
+    library = any(f"/{lib}/" in record.pathname for lib in self.LIBRARIES)
+    if library and record.exc_info and "/orbax/" in record.pathname:
+      return False
+    return record.levelno >= py_logging.WARNING or not library
 
 
 def quiet_logging() -> None:

@@ -215,7 +215,8 @@ def _run(config, workdir, allow_config_change, started, devices, place, ds, data
     with preemption.StopOnSignal() as stop:
       last_eval = None
       if redo_eval:  # the epoch end's eval a signal (or a deleted eval.json) left to this rerun
-        report("evaluating the checkpoint at step %d, whose eval was not recorded", start_step)
+        report("evaluating the checkpoint at step %d: %s", start_step,
+               "its eval was not recorded" if redo_record else "eval.json is missing or from another step")
         last_eval = _interruptible_eval(stop, evaluator, mngr, eval_params(state), start_step, schedule,
                                         redo_record, final=chief and start_step == schedule.total_steps
                                         and config.eval.final)
