@@ -57,3 +57,25 @@ def drop_callbacks_to_closed_loops() -> None:
 
   call_soon_threadsafe._ae_jax_drops_closed = True
   asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe
+
+
+def quiet_background_faults() -> None:
+  """A background thread that dies of an environment fault (tensorboardX's event writer on a full disk)
+  logs one line instead of a traceback; the main thread reports the fault itself. Process-wide."""
+  import threading  # pylint: disable=g-import-not-at-top
+
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  original = threading.excepthook
+  if getattr(original, "_ae_jax_quiet", False):
+    return
+
+  def hook(args):
+    fault = describe(args.exc_value) if args.exc_value is not None else None
+    if fault is None:
+      return original(args)
+    logging.warning("thread %s stopped: %s", getattr(args.thread, "name", "?"), fault)
+    return None
+
+  hook._ae_jax_quiet = True
+  threading.excepthook = hook

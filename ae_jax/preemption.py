@@ -13,10 +13,13 @@ largest count + 1, a call no process has dispatched yet. The watcher works
 while the loop is blocked on the device, so no process waits on one that
 waits on it.
 
-Work after a checkpoint (an eval, pictures) runs `interruptible()`: a signal
-there raises Interrupted at once, since nothing of it is lost (the rerun redoes
-it from the checkpoint), so a signal during a minutes-long final eval ends the
-run in seconds.
+Work after a checkpoint (an eval, pictures) runs `interruptible(stop_now)`:
+nothing of it is lost to a signal (the rerun redoes it from the checkpoint), so
+a signal there calls stop_now, which waits for the checkpoint and ends the
+process in one line, and a signal during a minutes-long final eval ends the
+run in seconds. It does not raise into the interrupted code: an exception
+unwound through JAX or scikit-learn calls in flight has crashed the
+interpreter at exit (SIGSEGV).
 """
 
 import contextlib
@@ -42,7 +45,7 @@ class Preempted(Exception):
 
 
 class Interrupted(Exception):
-  """A signal during interruptible() work."""
+  """A signal that arrived before interruptible() work began."""
 
   def __init__(self, signum: int):
     self.signum = signum
@@ -64,7 +67,7 @@ class StopOnSignal:
     self._stop_at = None
     self._closed = threading.Event()
     self._watcher = None
-    self._interruptible = False
+    self._stop_now = None
 
   def _handle(self, signum, frame):
     if self._local.is_set():  # asked twice: stop now, without the checkpoint
@@ -72,23 +75,24 @@ class StopOnSignal:
       raise KeyboardInterrupt
     self.signum = signum
     self._local.set()
-    if self._interruptible:
+    if self._stop_now is not None:
       logging.warning("received %s: stopping now (the rerun redoes this from the checkpoint)",
                       signal.Signals(signum).name)
-      raise Interrupted(signum)
+      self._stop_now(signum)  # does not return
     logging.warning("received %s: stopping after the current call and checkpointing",
                     signal.Signals(signum).name)
 
   @contextlib.contextmanager
-  def interruptible(self):
-    """Work the rerun can redo from the last checkpoint: a signal (now or already) raises Interrupted."""
+  def interruptible(self, stop_now):
+    """Work the rerun can redo from the last checkpoint: a signal during it calls stop_now(signum),
+    which must end the process; one that came already raises Interrupted here."""
     if self.signum is not None:
       raise Interrupted(self.signum)
-    self._interruptible = True
+    self._stop_now = stop_now
     try:
       yield
     finally:
-      self._interruptible = False
+      self._stop_now = None
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():

@@ -252,6 +252,7 @@ def start_process() -> None:
   experiments.use_fast_cpu_settings(f.keep_freed_memory)
   experiments.size_cpu_pool()
   faults.drop_callbacks_to_closed_loops()
+  faults.quiet_background_faults()
   quiet_logging()
   use_compilation_cache(f.compilation_cache_dir)
   n, pid = f.num_processes, f.process_id

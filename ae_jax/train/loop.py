@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import time
 
 from absl import logging
@@ -271,13 +272,22 @@ def _loop(config, stop, mngr, writer, evaluator, place, steps, ds, keys, schedul
 def _interruptible_eval(stop, evaluator, mngr, params, step: int, schedule, record_metrics: bool,
                         final: bool) -> dict:
   """The eval at an epoch end, after its checkpoint: a signal stops it at once, for the rerun to redo."""
+  redo = f" (it evaluates step {step} from that checkpoint first)"
+
+  def stop_now(signum):
+    mngr.wait_until_finished()  # the checkpoint in flight is the one the rerun starts from
+    if evaluator.writer:
+      evaluator.writer.close()
+    sys.stderr.write(f"error: {preemption.Preempted(signum, step, mngr.directory, redo)}\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)  # not an exception: see preemption.py
+
   try:
-    with stop.interruptible():
+    with stop.interruptible(stop_now):
       return evaluator(params, step, step // schedule.steps_per_epoch, final, record_metrics)
-  except preemption.Interrupted as e:
+  except preemption.Interrupted as e:  # the signal came before the eval began
     mngr.wait_until_finished()
-    raise preemption.Preempted(e.signum, step, mngr.directory,
-                               f" (it evaluates step {step} from that checkpoint first)") from None
+    raise preemption.Preempted(e.signum, step, mngr.directory, redo) from None
 
 
 def _close(mngr, writer, failed: bool) -> None:
