@@ -81,13 +81,8 @@ def mount(path, megabytes):
   subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", path], check=True)
 
 
-def cases(root: str, reference: str) -> dict:
-  out = {}
-
-  def w(name):
-    return os.path.join(root, name)
-
-  # 1. The same command twice at once.
+def _double_submit(w, reference: str, out: dict) -> None:
+  """1. The same command twice at once."""
   procs = [
     subprocess.Popen(
       command(w("double")), cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
@@ -105,7 +100,9 @@ def cases(root: str, reference: str) -> dict:
     "equals_reference": same(reference, w("double")),
   }
 
-  # 2. A full disk during a checkpoint save, then during the final eval's writes.
+
+def _full_disk(w, reference: str, out: dict) -> None:
+  """2. A full disk during a checkpoint save, then during the final eval's writes."""
   disk = w("disk")
   mount(disk, 5)
   try:
@@ -153,7 +150,9 @@ def cases(root: str, reference: str) -> dict:
   finally:
     subprocess.run(["umount", disk], check=False)
 
-  # 3. Single-bit flips in the newest checkpoint's files.
+
+def _flipped_bits(w, reference: str, out: dict) -> None:
+  """3. Single-bit flips in the newest checkpoint's files."""
   rng, results = random.Random(0), []
   files = [
     os.path.join(d, f) for d, _, fs in os.walk(os.path.join(reference, "checkpoints", "48")) for f in fs
@@ -188,7 +187,9 @@ def cases(root: str, reference: str) -> dict:
     "each": results,
   }
 
-  # 4. Collapse, and a non-finite loss before any checkpoint.
+
+def _collapse(w, reference: str, out: dict) -> None:
+  """4. Collapse, and a non-finite loss before any checkpoint."""
   for name, extra in (
     ("4a collapse adam lr 1e4", ["--config.learning_rate=1e4"]),
     ("4b collapse sgd lr 1e8", ["--config.optimizer=sgd", "--config.learning_rate=1e8"]),
@@ -208,7 +209,9 @@ def cases(root: str, reference: str) -> dict:
       "eval_collapsed": json.load(open(ev)).get("collapsed") if os.path.exists(ev) else None,
     }
 
-  # 5. Bad arrays in data.source=npz.
+
+def _bad_arrays(w, reference: str, out: dict) -> None:
+  """5. Bad arrays in data.source=npz."""
   tx, ty, vx, vy = data.load_idx(_DATA_DIR.value)
   bad = {
     "5a zero uint8 test images": dict(train_images=tx[:1024], test_images=vx[:0]),
@@ -230,14 +233,18 @@ def cases(root: str, reference: str) -> dict:
     proc = run([*command(workdir), "--config.data.source=npz", f"--config.data.dir={path}"])
     out[name] = {**outcome(proc), "workdir": listing(workdir)}
 
-  # 6. A dangling symlink as workdir.
+
+def _dangling_link(w, reference: str, out: dict) -> None:
+  """6. A dangling symlink as workdir."""
   os.symlink(w("not_mounted/runs"), w("runs"))
   out["6 dangling link"] = {
     **outcome(run(command(os.path.join(w("runs"), "dae")))),
     "workdir": listing(w("runs")),
   }
 
-  # 7. Damaged side files of a stopped run (the reference, stopped at step 45).
+
+def _damaged_side_files(w, reference: str, out: dict) -> None:
+  """7. Damaged side files of a stopped run (the reference, stopped at step 45)."""
   for name, damage in (
     ("7a metrics.jsonl cut by 40 bytes", "metrics.jsonl"),
     ("7b half a run.json", "run.json"),
@@ -257,7 +264,9 @@ def cases(root: str, reference: str) -> dict:
       entry["equals_reference"] = same(reference, workdir)
     out[name] = entry
 
-  # 8. A finished run whose eval.json was deleted.
+
+def _deleted_eval(w, reference: str, out: dict) -> None:
+  """8. A finished run whose eval.json was deleted."""
   shutil.copytree(reference, w("no_eval"))
   os.remove(os.path.join(w("no_eval"), "eval.json"))
   out["8 eval.json deleted"] = {
@@ -265,7 +274,9 @@ def cases(root: str, reference: str) -> dict:
     "equals_reference": same(reference, w("no_eval")),
   }
 
-  # 9. Epoch 2 resumed on other pixels, same counts and shape.
+
+def _other_data(w, reference: str, out: dict) -> None:
+  """9. Epoch 2 resumed on other pixels, same counts and shape."""
   other = w("other_idx")
   shutil.copytree(_DATA_DIR.value, other)
   images = data.read_idx(os.path.join(other, "train-images-idx3-ubyte.gz"), 3)
@@ -274,7 +285,9 @@ def cases(root: str, reference: str) -> dict:
   proc = run([*command(w("other")), f"--config.data.dir={other}"])
   out["9 other data on resume"] = outcome(proc)
 
-  # 10. SIGHUP, and 11. SIGINT during the final eval.
+
+def _signals(w, reference: str, out: dict) -> None:
+  """10. SIGHUP, and 11. SIGINT during the final eval."""
   for name, sig, extra, config, wait_for in (
     ("10 SIGHUP mid-run", signal.SIGHUP, [], "dae_mnist.py", "metrics"),
     (
@@ -329,6 +342,27 @@ def cases(root: str, reference: str) -> dict:
     }
     if config == "dae_mnist.py":
       out[name]["equals_reference"] = same(reference, workdir)
+
+
+CASES = (
+  _double_submit,
+  _full_disk,
+  _flipped_bits,
+  _collapse,
+  _bad_arrays,
+  _dangling_link,
+  _damaged_side_files,
+  _deleted_eval,
+  _other_data,
+  _signals,
+)
+
+
+def cases(root: str, reference: str) -> dict:
+  """{case: what it printed and left}, each case in a folder of root, compared with `reference`."""
+  out = {}
+  for case in CASES:
+    case(lambda name: os.path.join(root, name), reference, out)
   return out
 
 
