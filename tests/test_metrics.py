@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from ae_jax import metrics
 
@@ -13,9 +14,22 @@ def test_resume_rewrites_metrics_jsonl_whole(tmp_path):
   for step in (1, 2, 3):
     w.write(step, "train", {"train_loss": float(step)})
   w.close()
-  metrics.Writer(str(tmp_path), resume_step=2).close()  # step 3 is redone
+  kept = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))  # read (and checked) before any write
+  metrics.Writer(str(tmp_path), resume_step=2, kept=kept).close()  # step 3 is redone
   assert [r["step"] for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2]
   assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_a_cut_last_line_is_dropped_only_when_asked_and_a_bad_middle_line_is_named(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  lines = [json.dumps({"kind": "train", "step": s, "train_loss": 1.0}) for s in (1, 2, 3)]
+  path.write_text("\n".join(lines)[:-10])
+  with pytest.raises(metrics.DamagedFile, match=r"metrics.jsonl: line 3 is not a JSON record"):
+    metrics.read_jsonl(str(path))
+  assert [r["step"] for r in metrics.read_jsonl(str(path), drop_truncated_tail=True)] == [1, 2]
+  path.write_text("\n".join([lines[0], lines[1][:-3], lines[2]]) + "\n")  # damage that is not a cut tail
+  with pytest.raises(metrics.DamagedFile, match=r"line 2 is not a JSON record .*fix or remove that line"):
+    metrics.read_jsonl(str(path), drop_truncated_tail=True)
 
 
 def test_old_eval_names_are_read_with_todays():
