@@ -6,9 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import config as config_lib
 from ae_jax import metrics, parallel, train
-import oracle
 import wrappers
 
 STEPS, BATCH = 4, 16
@@ -42,7 +40,8 @@ def test_wrappers_agree_with_single_device(single, mode):
   assert err < 1e-5, f"{mode}: relative parameter difference {err:.2e}"
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   # Training moved the parameters far more than the tolerance.
-  init = train.create_train_state(oracle.reference(), config_lib.get_default(), jax.random.key(0))
+  init = train.create_train_state(train.build_model(wrappers.config(), wrappers.SHAPE), wrappers.config(),
+                                  jax.random.key(0))
   assert metrics.relative_distance(init.params, ref_state.params) > 1e-3
 
 
@@ -79,16 +78,9 @@ def test_wrappers_agree_for_the_vae_and_the_ema_vqvae(objective, binarize):
     err = metrics.relative_distance(state.params, ref_state.params)
     assert err < 1e-5, f"{objective} {mode}: relative parameter difference {err:.2e}"
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  init = train.create_train_state(train.build_model(_config(objective), (28, 28, 1)),
-                                  _config(objective), jax.random.key(0))
+  init = train.create_train_state(train.build_model(wrappers.config(objective), wrappers.SHAPE),
+                                  wrappers.config(objective), jax.random.key(0))
   assert metrics.relative_distance(init.params, ref_state.params) > 1e-3
-
-
-def _config(objective):
-  c = config_lib.get_default()
-  c.objective = objective
-  c.vq.ema_decay = 0.9 if objective == "vqvae" else None
-  return c
 
 
 def test_two_devices_agree_too(single):

@@ -7,29 +7,39 @@ import numpy as np
 from ae_jax import config as config_lib
 from ae_jax import parallel, train
 
+# The reference architecture, smaller: the wrappers' agreement does not depend on the size, and the
+# scan-driver tests compile convolutions inside lax.scan, which XLA:CPU makes slow.
+SHAPE = (16, 16, 1)
+
+
+def config(objective: str = "ae"):
+  c = config_lib.get_default()
+  c.objective = objective
+  c.model.filters, c.model.latent_dim = (8, 16), 8
+  if objective == "vqvae":
+    c.vq.ema_decay = 0.9  # its statistics are summed over the devices
+  return c
+
 
 def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
                 steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "auto",
                 on_device: bool = False, objective: str = "ae", binarize: bool = False):
-  """(host state, per-step losses) after `steps` steps of the reference DAE (or `objective`,
-  with the EMA codebook for vqvae) on fixed batches.
+  """(host state, per-step losses) after `steps` steps of a small reference DAE (or `objective`,
+  with the EMA codebook for vqvae) on fixed batches of SHAPE images.
 
   on_device: the images go to the devices once (put_table) and each call
   sends only indices, as experiments.train does by default.
   """
-  cfg = config_lib.get_default()
+  cfg = config(objective)
   cfg.noise.kind = kind
-  cfg.objective = objective
   cfg.model.conv_impl = conv_impl
-  if objective == "vqvae":
-    cfg.vq.ema_decay = 0.9  # its statistics are summed over the devices
   cfg.data.binarize = "dynamic" if binarize else "none"
-  model = train.build_model(cfg, (28, 28, 1))
+  model = train.build_model(cfg, SHAPE)
   state = train.create_train_state(model, cfg, jax.random.key(0))
   place = parallel.placement(mode, devices, batch)
   step = place.compile(train.bind_steps(cfg, model).train)
-  images = np.asarray(jax.random.uniform(jax.random.key(1), (steps, batch, 28, 28, 1)))
-  table = place.put_table({"image": images.reshape(steps * batch, 28, 28, 1)}) if on_device else None
+  images = np.asarray(jax.random.uniform(jax.random.key(1), (steps, batch, *SHAPE)))
+  table = place.put_table({"image": images.reshape(steps * batch, *SHAPE)}) if on_device else None
   index = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)
   dstate, losses = place.put_state(state), []
   for start in range(0, steps, steps_per_call):
