@@ -38,7 +38,8 @@ _SPEED_ROUNDS = flags.DEFINE_integer("speed_rounds", 3, "Rounds of the side-by-s
                                      lower_bound=1)
 _CONFIG = config_flags.DEFINE_config_dict(
     "config", config_lib.get_default(),
-    "Overrides for every member, --config.FIELD=VALUE (the fields: docs/config.md).")
+    "Overrides for every member, --config.FIELD=VALUE (the fields: below, and docs/config.md).")
+flags.FLAGS["config"].default_as_str = None  # --help lists the fields below, not the whole default config
 cli.define_plugins_flag()
 cli.define_process_flags()
 
