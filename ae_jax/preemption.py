@@ -15,9 +15,10 @@ waits on it.
 
 Work after a checkpoint (an eval, pictures) runs `interruptible(stop_now)`:
 nothing of it is lost to a signal (the rerun redoes it from the checkpoint), so
-a signal there calls stop_now, which waits for the checkpoint and ends the
-process in one line, and a signal during a minutes-long final eval ends the
-run in seconds. It does not raise into the interrupted code: an exception
+in a single-process run a signal there calls stop_now, which waits for the
+checkpoint and ends the process in one line, and a signal during a
+minutes-long final eval ends the run in seconds. (With several processes the
+eval runs to its end and all stop at the agreed call, as during training.) It does not raise into the interrupted code: an exception
 unwound through JAX or scikit-learn calls in flight has crashed the
 interpreter at exit (SIGSEGV).
 """
@@ -85,7 +86,13 @@ class StopOnSignal:
   @contextlib.contextmanager
   def interruptible(self, stop_now):
     """Work the rerun can redo from the last checkpoint: a signal during it calls stop_now(signum),
-    which must end the process; one that came already raises Interrupted here."""
+    which must end the process; one that came already raises Interrupted here.
+
+    With several processes it is ordinary work: they stop together at the agreed call.
+    """
+    if self._client is not None:
+      yield
+      return
     if self.signum is not None:
       raise Interrupted(self.signum)
     self._stop_now = stop_now

@@ -126,7 +126,12 @@ class Lock:
       try:
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
-        held_by = os.read(self._fd, 1000).decode(errors="replace").strip() or "another process"
+        for _ in range(20):  # the holder writes its line just after taking the lock
+          held_by = os.pread(self._fd, 1000, 0).decode(errors="replace").strip()
+          if held_by:
+            break
+          time.sleep(0.05)
+        held_by = held_by or "another process"
         os.close(self._fd)
         self._fd = None
       else:
