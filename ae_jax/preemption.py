@@ -17,10 +17,10 @@ Work after a checkpoint (an eval, pictures) runs `interruptible(stop_now)`:
 nothing of it is lost to a signal (the rerun redoes it from the checkpoint), so
 in a single-process run a signal there calls stop_now, which waits for the
 checkpoint and ends the process in one line, and a signal during a
-minutes-long final eval ends the run in seconds. (With several processes the
-eval runs to its end and all stop at the agreed call, as during training.) It does not raise into the interrupted code: an exception
-unwound through JAX or scikit-learn calls in flight has crashed the
-interpreter at exit (SIGSEGV).
+minutes-long final eval ends the run in seconds. It does not raise into the
+interrupted code: an exception unwound through JAX or scikit-learn calls in
+flight has crashed the interpreter at exit (SIGSEGV). With several processes
+the eval runs to its end and all stop at the agreed call, as in training.
 """
 
 import contextlib

@@ -202,7 +202,7 @@ def test_two_runs_started_at_once_one_trains_the_other_refuses(reference, tmp_pa
   assert codes in ([0, 0], [0, 2]), errs  # [0, 0]: the second started after the first had finished
   if codes == [0, 2]:
     refused = errs[[p.returncode for p in procs].index(2)]
-    assert "is in use by pid" in refused.strip().splitlines()[-1] and "Traceback" not in refused
+    assert "is in use by pid" in refused.strip().splitlines()[-1] and "Traceback" not in refused, refused
   _same(reference[0], workdir)  # metrics.jsonl holds each record once
 
 
