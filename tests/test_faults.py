@@ -47,11 +47,6 @@ def reference(tmp_path_factory):
   return workdir, time.perf_counter() - t0
 
 
-def test_same_config_and_seed_twice_is_bit_identical(reference, tmp_path):
-  _run(tmp_path / "again")
-  _same(reference[0], tmp_path / "again")
-
-
 def test_kill_9_at_random_moments_then_rerun_is_bit_identical(reference, tmp_path):
   # The drill tool itself: it kills a run of the same config twice, reruns it, and compares.
   drill = runs.run([sys.executable, "-m", "tools.fault_drill", f"--workdir={tmp_path}", "--kills=2",
@@ -79,9 +74,10 @@ def test_signal_checkpoints_current_step_and_rerun_continues(reference, tmp_path
   assert last.endswith("rerun the same command to continue")
   step = int(last.split(" at step ")[1].split(":")[0])
   assert 0 < step < 48 and checkpoint.read_latest(str(workdir))[0] == step
-  rerun = _run(workdir)
-  assert f"restored checkpoint at step {step}" in rerun.stderr
-  _same(reference[0], workdir)
+  if sig == signal.SIGTERM:  # the same handler for each: one rerun shows what a rerun continues
+    rerun = _run(workdir)
+    assert f"restored checkpoint at step {step}" in rerun.stderr
+    _same(reference[0], workdir)
 
 
 def _damage(ckpt_dir):
