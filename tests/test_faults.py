@@ -52,8 +52,9 @@ def test_kill_9_at_random_moments_then_rerun_is_bit_identical(reference, tmp_pat
   drill = runs.run([sys.executable, "-m", "tools.fault_drill", f"--workdir={tmp_path}", "--kills=2",
                     "--seed=4", f"--max_delay={reference[1]:.1f}", f"--reference={reference[0]}"],
                    check=False)
+  assert drill.returncode == 0, drill.stderr[-3000:]
   report = json.loads((tmp_path / "fault_drill.json").read_text())
-  assert drill.returncode == 0 and report["kills"] == 2 and report["ok"], (drill.stderr[-2000:], report)
+  assert report["kills"] == 2 and report["ok"], report
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
