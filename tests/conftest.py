@@ -1,6 +1,7 @@
 """Four CPU devices for the multi-device tests, the data fixtures, and helpers the tests share."""
 
 import os
+import shutil
 import tempfile
 
 import jax
@@ -37,7 +38,7 @@ from ae_jax import data  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Decoded-TFDS caches of this session (and of the runs it starts) stay out of the user's ~/.cache.
-os.environ["AE_JAX_CACHE"] = tempfile.mkdtemp(prefix="ae_jax_cache_")
+CACHE = os.environ["AE_JAX_CACHE"] = tempfile.mkdtemp(prefix="ae_jax_cache_")
 # The in-process tests share JAX's persistent compilation cache with the runs they start, as the
 # entry points do: tests that build the same small programs compile them once per session.
 jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["AE_JAX_CACHE"], "jax"))
@@ -46,6 +47,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.environ["AE_JAX_CACHE"], "jax")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
 SHARED_MNIST = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
+
+
+def pytest_unconfigure(config):
+  """The session's caches (tens of MB) go with it."""
+  shutil.rmtree(CACHE, ignore_errors=True)
 
 
 def write_mnist_idx(directory: str, arrays, gz: bool = True) -> str:
