@@ -2,6 +2,7 @@
 
 import json
 import os
+import queue
 
 from absl import logging
 import jax
@@ -83,7 +84,26 @@ class Writer:
         self._tb.add_scalar(f"{kind}/{k}", v, step)
 
   def close(self) -> None:
-    self._tb.close()
+    try:
+      self._tb.close()
+    except OSError:
+      self._abandon_tensorboard()
+      raise
+
+  def _abandon_tensorboard(self) -> None:
+    """After a failed close (a full disk): stops tensorboardX's writer threads without another flush,
+    so that its exit hook and its dying threads do not print the same fault again as tracebacks."""
+    for w in (self._tb.all_writers or {}).values():
+      events = w.event_writer
+      worker = events._worker  # pylint: disable=protected-access
+      events._closed = True  # pylint: disable=protected-access  # its close() and exit hook: no-ops
+      if worker is not None and worker.is_alive():
+        try:
+          worker._queue.put(worker._shutdown_signal, timeout=5)  # pylint: disable=protected-access
+        except queue.Full:
+          pass
+        worker.join(timeout=5)
+    self._tb.file_writer = self._tb.all_writers = None
 
 
 def _write_atomically(path: str, text: str) -> None:

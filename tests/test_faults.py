@@ -259,6 +259,31 @@ def test_a_write_that_runs_out_of_space_inside_orbax_is_one_fault_without_asynci
   assert faults.describe(e.value) == "no space left on device" and not (disk / "eval.json.tmp").exists()
 
 
+def test_a_metrics_writer_closed_on_a_full_disk_fails_once_and_exits_quietly(tmpfs):
+  disk = tmpfs(1)
+  code = textwrap.dedent(f"""
+      import os, shutil
+      from ae_jax import faults, metrics
+      faults.quiet_background_faults()
+      writer = metrics.Writer({str(disk)!r})
+      writer.write(1, "train", {{"loss": 1.0}})
+      with open(os.path.join({str(disk)!r}, "filler"), "wb") as f:
+        try:
+          f.write(b"\\0" * shutil.disk_usage({str(disk)!r}).free)
+        except OSError:
+          pass
+      for step in range(2, 6):  # buffered by tensorboardX (fewer than its queue holds)
+        writer._tb.add_scalar("x", 1.0, step)
+      try:
+        writer.close()
+      except OSError as e:
+        print("fault:", faults.describe(e))""")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert "fault: no space left on device" in proc.stdout, proc.stderr[-2000:]
+  # Without Writer._abandon_tensorboard, tensorboardX's exit hook flushes again: a second traceback.
+  assert "Traceback" not in proc.stderr and "Exception in thread" not in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("which", [-1, -2])  # the two largest data files: the arrays
 def test_a_flipped_bit_in_the_newest_checkpoint_is_found_and_passed_over(reference, tmp_path, which):
   workdir = tmp_path / "flipped"
