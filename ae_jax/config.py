@@ -68,8 +68,9 @@ CORE = (
     Field("steps_per_call", None, optional(POSITIVE), FREE,
           "train steps per compiled call (a lax.scan); None: per backend (train.AUTO_STEPS_PER_CALL)",
           int),
-    Field("data_on_device", True, BOOL, FREE,
-          "training images on the devices once, batches gathered by index; False: from the host"),
+    Field("data_on_device", None, optional(BOOL), FREE,
+          "True: training images on the devices once, batches gathered by index; False: read from the "
+          "host for each call (streamed from disk); None: True for an in-memory split up to 4 GiB", bool),
     Field("eval_batch_size", 1000, POSITIVE, FREE, "examples per eval call"),
     Field("log_every_steps", 100, POSITIVE, FREE, "progress line and metrics.jsonl record cadence"),
     Field("checkpoint_every_steps", 1000, POSITIVE, FREE, "also at every epoch end and the last step"),

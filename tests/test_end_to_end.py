@@ -38,7 +38,7 @@ def _params(workdir):
 
 
 def _records(workdir):
-  return [{k: v for k, v in r.items() if k != "images_per_sec"}
+  return [{k: v for k, v in r.items() if k not in train.TIMINGS}
           for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
 
 

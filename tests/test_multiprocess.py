@@ -4,6 +4,7 @@ Every launched process writes to a file (no pipe can fill and stall it) and is
 killed by the test if it outlives its deadline.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -11,9 +12,10 @@ import re
 import signal
 import time
 
+import numpy as np
 import pytest
 
-from ae_jax import checkpoint, metrics, train
+from ae_jax import checkpoint, data, metrics, train
 import processes as agreement
 
 distance = metrics.relative_distance
@@ -130,3 +132,27 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_is_bit_iden
   agreement.check(_wait(agreement.start(tmp_path / "run", tmp_path, 2, 2, args, "rerun")))
   same = train.compare_runs(str(tmp_path / "run"), str(tmp_path / "reference"))
   assert same["params_bit_identical"] and same["eval_json_identical"] and same["metrics_identical"], same
+
+
+def test_each_process_reads_only_its_rows_of_a_streamed_source(runs, tmp_path, embedded_uint8):
+  # The 1 x 1 run's data (the first 64 embedded digits) as ArrayRecord shards, read by 2 processes.
+  tx, ty, vx, vy = (a[:64] for a in embedded_uint8)
+  shards = data.write_array_record(str(tmp_path / "shards"), (tx, ty, vx, vy), shard_bytes=28 * 28 * 20)
+  stream = ["--config.data.source=array_record", f"--config.data.dir={shards}", "--config.parallel=mesh"]
+  results = _wait(agreement.start(tmp_path / "w", tmp_path, 2, 2, stream, "stream"))
+  agreement.check(results)
+  run = json.load(open(tmp_path / "w" / "run.json"))
+  assert run["data"]["sha256"] == json.load(open(runs["1x1"] / "run.json"))["data"]["sha256"]
+  assert run["data_on_device"] is False
+  schedule = data.Schedule(train.run_keys(0)["data"], 64, 16, 1, run["steps_per_call"])
+  for p, (_, out) in enumerate(results):
+    rows = slice(8 * p, 8 * p + 8)  # process p's 2 devices hold rows 8p .. 8p + 7 of each batch of 16
+    expected = hashlib.sha256()
+    for call in schedule.calls(0):
+      expected.update(np.ascontiguousarray(call.indices_KB[:, rows], np.int64).tobytes())
+    said = re.search(r"process (\d) of 2 fed rows (\d+)-(\d+) of each global batch of steps 1-4: (\d+) "
+                     r"training examples, sha256 of their indices (\w+)", out)
+    assert said, out[-2000:]
+    assert said.groups() == (str(p), str(rows.start), str(rows.stop - 1), "32", expected.hexdigest())
+  for step in (2, 4):
+    assert distance(_params(tmp_path / "w", step), _params(runs["1x1"], step)) < 1e-5, step

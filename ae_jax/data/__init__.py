@@ -10,24 +10,28 @@ import os
 import ml_collections
 
 from ae_jax import fields
-from ae_jax.data import embedded, idx, npz, tfds
+from ae_jax.data import embedded, folder, idx, npz, records, tfds
 from ae_jax.data.cache import cache_dir, digest, read_cache, write_cache
 from ae_jax.data.embedded import load_embedded
 from ae_jax.data.idx import load_idx, read_idx, write_idx
 from ae_jax.data.npz import load_npz
+from ae_jax.data.prefetch import prefetch
+from ae_jax.data.records import write_array_record
 from ae_jax.data.sampler import Call, Schedule, epoch_order, padded_batches
-from ae_jax.data.source import ArraySource, DataError, Dataset, DataSource, check_split
+from ae_jax.data.source import ArraySource, DataError, Dataset, DataSource, StreamSource, check_split
 from ae_jax.data.tfds import write_tfds
 from ae_jax.data.transforms import to_float
 
 SOURCES: dict[str, DataSource] = {"tfds": tfds.SOURCE, "idx": idx.SOURCE, "npz": npz.SOURCE,
-                                  "embedded": embedded.SOURCE}
+                                  "embedded": embedded.SOURCE, "folder": folder.SOURCE,
+                                  "array_record": records.SOURCE}
 
 FIELDS = (
     fields.Field("data.source", "tfds", fields.one_of_keys(SOURCES, "one"), fields.ALLOW,
                  "`tfds`, `idx` (four MNIST-format files in data.dir), `npz` (your arrays: data.dir is a "
-                 ".npz file or a folder of .npy files), `embedded` (5,000 digits, offline), or one you "
-                 "registered (docs/data.md)"),
+                 ".npz file or a folder of .npy files), `embedded` (5,000 digits, offline), `folder` (your "
+                 "pictures), `array_record` (shards of data.write_array_record), or one you registered "
+                 "(docs/data.md)"),
     fields.Field("data.dir", None, fields.optional(fields.TEXT), fields.FREE,
                  "the folder or file the source reads (tfds: the TFDS data_dir; None: TFDS's default)", str),
     fields.Field("data.train_size", None, fields.optional(fields.POSITIVE), fields.ALLOW,
@@ -35,6 +39,22 @@ FIELDS = (
     fields.Field("data.test_size", None, fields.optional(fields.POSITIVE), fields.ALLOW,
                  "first N test examples; None: all", int),
 )
+
+
+DEVICE_TABLE_BYTES = 4 << 30  # data_on_device=None: a training split up to this goes to the devices
+
+
+def on_device(choice: bool | None, split) -> bool:
+  """Whether the training split goes to the devices whole (config.data_on_device): the choice, or when
+  None, whether the split is in memory and at most DEVICE_TABLE_BYTES and a quarter of a device's memory."""
+  if choice is not None:
+    return choice
+  if not isinstance(split, ArraySource):
+    return False  # streamed from disk
+  import jax  # pylint: disable=g-import-not-at-top
+
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return split.nbytes <= min(DEVICE_TABLE_BYTES, stats.get("bytes_limit", DEVICE_TABLE_BYTES * 4) // 4)
 
 
 def register(name: str, source: DataSource) -> DataSource:
@@ -79,8 +99,8 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
 
 
 __all__ = [
-    "ArraySource", "Call", "DataError", "DataSource", "Dataset", "FIELDS", "SOURCES", "Schedule", "cache_dir",
-    "check", "check_split", "digest", "epoch_order", "get", "load", "load_embedded", "load_idx", "load_npz",
-    "padded_batches", "read_cache", "read_idx", "register", "to_float", "write_cache", "write_idx",
-    "write_tfds",
+    "ArraySource", "Call", "DEVICE_TABLE_BYTES", "DataError", "DataSource", "Dataset", "FIELDS", "SOURCES",
+    "Schedule", "StreamSource", "cache_dir", "check", "check_split", "digest", "epoch_order", "get", "load",
+    "load_embedded", "load_idx", "load_npz", "on_device", "padded_batches", "prefetch", "read_cache",
+    "read_idx", "register", "to_float", "write_array_record", "write_cache", "write_idx", "write_tfds",
 ]

@@ -9,6 +9,7 @@ by the sampler from (seed, epoch), never by the source.
 """
 
 from collections.abc import Callable
+import copy
 import dataclasses
 import hashlib
 
@@ -44,6 +45,14 @@ class ArraySource:
   def dtype(self) -> np.dtype:
     return self._images.dtype
 
+  @property
+  def has_labels(self) -> bool:
+    return self.labels is not None
+
+  @property
+  def nbytes(self) -> int:
+    return int(self._images.nbytes)
+
   def take(self, n: int) -> "ArraySource":
     """The first n examples."""
     return ArraySource(self._images[:n], None if self.labels is None else self.labels[:n])
@@ -56,6 +65,64 @@ class ArraySource:
       if self.labels is not None:
         h.update(np.ascontiguousarray(self.labels).tobytes())
       self._fingerprint = h.hexdigest()
+    return self._fingerprint
+
+
+def flat_indices(index, n: int) -> tuple[np.ndarray, tuple[int, ...]]:
+  """(int64 indices, leading shape of the result) for an int, a slice or an integer array into n examples."""
+  if isinstance(index, slice):
+    flat = np.arange(*index.indices(n), dtype=np.int64)
+    return flat, flat.shape
+  arr = np.asarray(index)
+  if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+    raise TypeError(f"a split is indexed by integers or a slice, not {arr.dtype}")
+  flat = arr.reshape(-1).astype(np.int64)
+  flat = np.where(flat < 0, flat + n, flat)
+  if flat.size and (flat.min() < 0 or flat.max() >= n):
+    bad = int(flat.max() if flat.max() >= n else flat.min())
+    raise IndexError(f"index {bad} out of range for {n} examples")
+  return flat, arr.shape
+
+
+class StreamSource:
+  """One split read from disk by index, never held whole: a subclass reads uint8 images by
+  `_read(indices) -> [n, H, W, C]` (records of one shard read together, pictures decoded in threads)."""
+
+  dtype = np.dtype(np.uint8)
+  labels: np.ndarray | None
+  image_shape: tuple[int, int, int]
+
+  def __init__(self, n: int, labels_N: np.ndarray | None, fingerprint: str):
+    self._n, self._fingerprint = n, fingerprint
+    self.labels = None if labels_N is None else np.asarray(labels_N, np.int32)[:n]
+    self.reads = 0  # examples read so far (tests check that a process reads only its rows)
+
+  def __len__(self) -> int:
+    return self._n
+
+  @property
+  def has_labels(self) -> bool:
+    return self.labels is not None
+
+  def __getitem__(self, index) -> np.ndarray:
+    flat, lead = flat_indices(index, self._n)
+    self.reads += len(flat)
+    if not len(flat):
+      return np.zeros((*lead, *self.image_shape), np.uint8)
+    return self._read(flat).reshape(*lead, *self.image_shape)
+
+  def _read(self, flat: np.ndarray) -> np.ndarray:
+    raise NotImplementedError
+
+  def take(self, n: int) -> "StreamSource":
+    """The first n examples (the same reader)."""
+    part = copy.copy(self)
+    part._n, part.labels = n, None if self.labels is None else self.labels[:n]
+    part._fingerprint = hashlib.sha256(f"{self._fingerprint}[:{n}]".encode()).hexdigest()
+    return part
+
+  def fingerprint(self) -> str:
+    """SHA-256 of the split's contents, taken when it was written or scanned (not re-read here)."""
     return self._fingerprint
 
 
@@ -110,7 +177,7 @@ class Dataset:
   @property
   def labelled(self) -> bool:
     """Whether both splits have labels (the probes and the Fréchet classifier need them)."""
-    return self.train.labels is not None and self.test.labels is not None
+    return self.train.has_labels and self.test.has_labels
 
   def summary(self) -> dict:
     """What was used, for run.json: source, sizes, shape, dtype and a checksum of both splits."""

@@ -1,5 +1,6 @@
 """Prepared TFDS datasets, read without TensorFlow; `write_tfds` prepares your own arrays as one."""
 
+import concurrent.futures
 import hashlib
 import os
 import socket
@@ -7,8 +8,8 @@ import socket
 import numpy as np
 
 from ae_jax import fields
-from ae_jax.data import cache
-from ae_jax.data.source import DataError, DataSource, check_split
+from ae_jax.data import cache, folder
+from ae_jax.data.source import DataError, DataSource, StreamSource, check_split
 
 PREPARE_INSTALL = "pip install 'ae_jax[tfds-prepare]'"
 OFFLINE_HINT = "without network, use data.source='idx' with data.dir, or data.source='embedded'"
@@ -17,7 +18,61 @@ FIELDS = (
     fields.Field("data.name", "mnist", fields.TEXT, fields.ALLOW, "tfds: the TFDS dataset name"),
     fields.Field("data.download", True, fields.BOOL, fields.FREE,
                  "tfds: download and prepare when not prepared"),
+    fields.Field("data.stream", None, fields.optional(fields.BOOL), fields.ALLOW,
+                 "tfds: True reads the examples a step takes from the prepared files (decoded in "
+                 "data.workers threads); False decodes the split into memory once and caches it; None: "
+                 "streams a split whose images exceed 4 GiB", bool),
 )
+STREAM_BYTES = 4 << 30  # data.stream=None: a split larger than this (as uint8) is streamed
+
+
+class TfdsSplit(StreamSource):
+  """A prepared TFDS split read by index (tfds data_source over its array_record files), its images
+  decoded in threads when read. The fingerprint is the prepared copy's: its dataset_info.json and the
+  split asked for (hashing every image would read the whole split)."""
+
+  def __init__(self, builder, split: str, size: int | None, workers: int):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    spec = split if size is None else f"{split}[:{size}]"
+    self.image_shape = _image_shape(builder)
+    self._source = builder.as_data_source(split=spec, decoders={"image": tfds.decode.SkipDecoding()})
+    with open(os.path.join(os.fspath(builder.data_dir), "dataset_info.json"), "rb") as f:
+      stamp = hashlib.sha256(f.read() + spec.encode()).hexdigest()
+    super().__init__(len(self._source), None, stamp)
+    self._labelled = "label" in builder.info.features
+    self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ae_jax_decode")
+    self._labels = None
+
+  @property
+  def labels(self):
+    """Read on first use (the probes and the Fréchet classifier), without decoding an image."""
+    if self._labelled and self._labels is None:
+      self._labels = np.asarray([int(e["label"]) for start in range(0, len(self._source), 4096)
+                                 for e in self._source.__getitems__(
+                                     list(range(start, min(start + 4096, len(self._source)))))], np.int32)
+    return None if self._labels is None else self._labels[:self._n]
+
+  @labels.setter
+  def labels(self, value):  # StreamSource's own assignments; the labels come from the files
+    del value
+
+  @property
+  def has_labels(self) -> bool:
+    return self._labelled
+
+  def _read(self, flat: np.ndarray) -> np.ndarray:
+    examples = self._source.__getitems__(flat.tolist())
+    c = self.image_shape[-1]
+    return np.stack(list(self._pool.map(lambda e: folder.decode(e["image"], c, None), examples)))
+
+
+def _image_shape(builder) -> tuple[int, int, int]:
+  shape = tuple(builder.info.features["image"].shape)
+  if len(shape) != 3 or None in shape:
+    raise DataError(f"TFDS dataset {builder.name!r}: images of shape {shape} vary in size; decode them into "
+                    "a folder and use data.source='folder' with data.image_size")
+  return shape
 
 
 def _online(host: str = "storage.googleapis.com", port: int = 443, timeout_s: float = 3.0) -> bool:
@@ -93,9 +148,20 @@ def _builder(name: str, data_dir: str | None, download: bool):
 
 
 def _load(cfg):
-  """The train and test splits; only the first train_size/test_size examples are decoded."""
+  """The train and test splits: streamed, or decoded (only the first train_size/test_size examples)."""
   builder = _builder(cfg.name, cfg.dir, cfg.download)
   where = f"tfds:{cfg.name}" + (f"@{cfg.dir}" if cfg.dir else "")
+  stream = cfg.stream
+  if stream is None:
+    size = cfg.train_size or builder.info.splits["train"].num_examples
+    stream = size * int(np.prod(_image_shape(builder))) > STREAM_BYTES
+  if stream:
+    for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
+      available = builder.info.splits[split].num_examples
+      if size is not None and size > available:
+        raise DataError(f"data.{split}_size={size}: must be in [1, {available}] for {where}")
+    return (TfdsSplit(builder, "train", cfg.train_size, cfg.workers),
+            TfdsSplit(builder, "test", cfg.test_size, cfg.workers), where + " (streamed)")
   return (check_split(*_read_split(builder, "train", cfg.train_size), where, "train"),
           check_split(*_read_split(builder, "test", cfg.test_size), where, "test"), where)
 

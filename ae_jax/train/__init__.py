@@ -5,7 +5,7 @@ It imports the plug points (objectives, models, data) and nothing in them import
 
 from ae_jax.train.logwindow import LogWindow
 from ae_jax.train.loop import itstime, report, train_and_evaluate
-from ae_jax.train.rundir import check_workdir, compare_runs
+from ae_jax.train.rundir import TIMINGS, check_workdir, compare_runs
 from ae_jax.train.state import (
     EmaState,
     TrainState,
@@ -29,7 +29,8 @@ from ae_jax.train.steps import (
 )
 
 __all__ = [
-    "AUTO_STEPS_PER_CALL", "EmaState", "LogWindow", "Steps", "TrainState", "bind_steps", "build_model",
+    "AUTO_STEPS_PER_CALL", "EmaState", "LogWindow", "Steps", "TIMINGS", "TrainState", "bind_steps",
+    "build_model",
     "check_workdir", "compare_runs", "create_train_state", "eval_params", "eval_step", "evaluate", "itstime",
     "learning_rate", "make_optimizer", "report", "resolve_steps_per_call", "run_keys", "split_step_key",
     "track_ema", "train_and_evaluate", "train_step",

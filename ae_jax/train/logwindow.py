@@ -14,7 +14,11 @@ class LogWindow:
 
   def restart_clock(self) -> None:
     """Throughput counts from now (after compiling, evaluating or restoring)."""
-    self._t, self._timed = time.perf_counter(), 0
+    self._t, self._timed, self._waited = time.perf_counter(), 0, 0.0
+
+  def add_wait(self, seconds: float) -> None:
+    """Time the loop waited for the host to read a call's batches."""
+    self._waited += seconds
 
   def add(self, metrics_K: dict) -> None:
     """Adds K steps' metrics (numpy [K] each)."""
@@ -24,12 +28,14 @@ class LogWindow:
     for name, v in metrics_K.items():
       self.sums[name] = self.sums.get(name, 0.0) + float(np.sum(v, dtype=np.float64))
 
-  def flush(self) -> tuple[dict, float]:
-    """(mean of each metric as 'train_<name>', steps/s), and an empty window."""
+  def flush(self) -> tuple[dict, float, float]:
+    """(mean of each metric as 'train_<name>', steps/s, the fraction of the time spent waiting for
+    data), and an empty window."""
     means = {f"train_{name}": s / self.steps for name, s in self.sums.items()}
-    rate = self._timed / (time.perf_counter() - self._t)
+    elapsed = time.perf_counter() - self._t
+    rate, waited = self._timed / elapsed, self._waited / elapsed
     self.__init__()
-    return means, rate
+    return means, rate, waited
 
   def to_meta(self) -> dict:
     return {"steps": self.steps, "sums": dict(self.sums)}

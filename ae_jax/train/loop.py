@@ -1,5 +1,6 @@
 """`train_and_evaluate`: every check, then the lock and the restore, then one loop over the compiled calls."""
 
+import hashlib
 import json
 import os
 import sys
@@ -61,15 +62,15 @@ def _report_first_step(device_metrics, started: float) -> None:
 
 
 def _log_progress(writer, window: LogWindow, step: int, schedule: data.Schedule, log_keys) -> None:
-  means, steps_per_s = window.flush()
+  means, steps_per_s, waited = window.flush()
   rate = steps_per_s * schedule.batch_size
   epoch = step / schedule.steps_per_epoch
   if writer:
-    writer.write(step, "train", {**means, "images_per_sec": rate, "epoch": epoch})
+    writer.write(step, "train", {**means, "images_per_sec": rate, "data_wait": waited, "epoch": epoch})
   shown = " ".join(f"{k} {means[f'train_{k}']:.5f}" for k in ("loss", *log_keys) if f"train_{k}" in means)
   eta = (schedule.total_steps - step) / steps_per_s
-  report("step %d/%d (epoch %.2f) %s | %.0f img/s | ETA %s", step, schedule.total_steps, epoch, shown, rate,
-         time.strftime("%H:%M:%S", time.gmtime(eta)))
+  report("step %d/%d (epoch %.2f) %s | %.0f img/s, data wait %.0f%% | ETA %s", step, schedule.total_steps,
+         epoch, shown, rate, 100 * waited, time.strftime("%H:%M:%S", time.gmtime(eta)))
 
 
 class _Evaluator:
@@ -154,6 +155,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ds = data.load(config.data)
   if config.batch_size > len(ds.train):
     raise ValueError(f"batch_size={config.batch_size}: larger than the {len(ds.train)} training examples")
+  if config.data.binarize != "none" and ds.image_shape[-1] != 1:
+    raise ValueError(f"data.binarize={config.data.binarize!r}: binarisation is for grey images, and "
+                     f"{ds.source} has {ds.image_shape[-1]} channels; use data.binarize='none'")
   data_sha256 = ds.summary()["sha256"]
   model = build_model(config, ds.image_shape)
   keys = run_keys(config.seed)
@@ -234,12 +238,18 @@ def _loop(config, stop, mngr, writer, evaluator, place, steps, ds, keys, schedul
           started, chief, data_sha256) -> dict:
   """The compiled calls from start_step to the end: train, log, checkpoint, then evaluate each epoch end."""
   step = place.compile(steps.train)
-  table = place.put_table({"image": ds.train[:]}) if config.data_on_device else None
+  table = place.put_table({"image": ds.train[:]}) if data.on_device(config.data_on_device, ds.train) else None
+
+  def read(call):  # this process's rows of each global batch: indices, or their images from the host
+    rows = call.indices_KB[:, place.local_rows]
+    return {"index": rows} if table is not None else {"image": ds.train[rows]}
+
   dstate, pending, last_eval = place.put_state(state), [], None
-  for calls, call in enumerate(schedule.calls(start_step), 1):
-    rows = call.indices_KB[:, place.local_rows]  # this process's rows of each global batch
-    batches = {"index": rows} if table is not None else {"image": ds.train[rows]}
+  batches_ahead = data.prefetch(read, schedule.calls(start_step), on_wait=window.add_wait)
+  taken = hashlib.sha256()  # the indices of the examples this process fed, said at the end
+  for calls, (call, batches) in enumerate(batches_ahead, 1):
     dstate, device_metrics = step(dstate, place.put_batches(batches), keys["train"], table)
+    taken.update(np.ascontiguousarray(call.indices_KB[:, place.local_rows], np.int64).tobytes())
     if calls == 1 and chief:
       _report_first_step(device_metrics, started)
     pending.append((call.start, device_metrics))
@@ -266,6 +276,11 @@ def _loop(config, stop, mngr, writer, evaluator, place, steps, ds, keys, schedul
       last_eval = _interruptible_eval(stop, evaluator, mngr, eval_params(host_state), call.end, schedule,
                                       True, final=chief and last and config.eval.final)
       window.restart_clock()  # eval time is not training throughput
+  rows = place.local_rows
+  logging.info("process %d of %d fed rows %d-%d of each global batch of steps %d-%d: %d training examples, "
+               "sha256 of their indices %s", jax.process_index(), jax.process_count(), rows.start,
+               rows.stop - 1, start_step + 1, schedule.total_steps,
+               (schedule.total_steps - start_step) * (rows.stop - rows.start), taken.hexdigest())
   return last_eval
 
 

@@ -193,7 +193,7 @@ def run_record(config, ds: data.Dataset, devices, state, schedule: data.Schedule
       "parallel": config.parallel,
       "conv_impl": layers.resolve(config.model.conv_impl),
       "steps_per_call": schedule.steps_per_call,
-      "data_on_device": config.data_on_device,
+      "data_on_device": data.on_device(config.data_on_device, ds.train),
       "param_counts": {**{k: models.count_params(v) for k, v in state.params.items() if isinstance(v, dict)},
                        "total": models.count_params(state.params)},
       "steps_per_epoch": schedule.steps_per_epoch,
@@ -203,7 +203,8 @@ def run_record(config, ds: data.Dataset, devices, state, schedule: data.Schedule
   }
 
 
-TIMINGS = ("images_per_sec", "final_eval_seconds")  # what two runs of the same work may differ in
+# What two runs of the same work may differ in.
+TIMINGS = ("images_per_sec", "data_wait", "final_eval_seconds")
 
 
 def compare_runs(a: str, b: str) -> dict:

@@ -1,0 +1,194 @@
+"""A folder of pictures (`data.source=folder`): PNG or JPEG files, decoded by index in worker threads.
+
+Splits: `DIR/train/` and `DIR/test/` when there is a `test/` subfolder; else
+every picture, with a test split of the files whose path hashes below
+`data.test_fraction` (a fixed rule: adding files never moves the others).
+Labels: one subfolder per class (sorted names are classes 0, 1, ...), else
+none. Each picture becomes `data.channels` channels (1: grey, 3: RGB) and, with
+`data.image_size`, is resized so its shorter side is that size and centre-cropped
+square (the CelebA-64 recipe). Every file is read and decoded once before training
+(its SHA-256 feeds the split's fingerprint); an unreadable one is one line
+naming it, or skipped and counted with `data.skip_bad`.
+"""
+
+import concurrent.futures
+import hashlib
+import io
+import os
+
+from absl import logging
+import numpy as np
+
+from ae_jax import fields
+from ae_jax.data.source import DataError, DataSource, StreamSource
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+FIELDS = (
+    fields.Field("data.image_size", None, fields.optional(fields.POSITIVE), fields.ALLOW,
+                 "folder: resize the shorter side to this and centre-crop square; None: as stored (all "
+                 "pictures one size)", int),
+    fields.Field("data.channels", None, fields.optional(fields.one_of(1, 3)), fields.ALLOW,
+                 "folder: 1 (grey) or 3 (RGB); None: from the first picture", int),
+    fields.Field("data.test_fraction", 0.1, fields.OPEN_FRACTION, fields.ALLOW,
+                 "folder without a test/ subfolder: the fraction of files (by a hash of their path) "
+                 "held out as the test split"),
+    fields.Field("data.workers", 4, fields.POSITIVE, fields.FREE,
+                 "folder and streamed tfds: threads decoding pictures (and checking a folder's at the "
+                 "start)"),
+    fields.Field("data.skip_bad", False, fields.BOOL, fields.ALLOW,
+                 "folder: skip unreadable pictures (counted in the log and run.json) instead of stopping"),
+)
+
+
+def _pictures(root: str) -> list[str]:
+  """Paths of the pictures under root, relative to it, sorted."""
+  out = []
+  for d, subdirs, files in os.walk(root):
+    subdirs.sort()
+    out += [os.path.relpath(os.path.join(d, f), root) for f in sorted(files)
+            if f.lower().endswith(EXTENSIONS)]
+  return sorted(out)
+
+
+def _hashed_test(path: str, fraction: float) -> bool:
+  h = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "little")
+  return h / 2**64 < fraction
+
+
+def decode(raw: bytes, channels: int, image_size: int | None) -> np.ndarray:
+  """One picture's bytes -> uint8 [H, W, channels], resized (shorter side) and centre-cropped if asked."""
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+
+  with PIL.Image.open(io.BytesIO(raw)) as im:
+    im = im.convert("L" if channels == 1 else "RGB")
+    if image_size is not None:
+      w, h = im.size
+      scale = image_size / min(w, h)
+      size = (max(image_size, round(w * scale)), max(image_size, round(h * scale)))
+      if size != im.size:
+        im = im.resize(size, PIL.Image.Resampling.BICUBIC)
+      left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+      im = im.crop((left, top, left + image_size, top + image_size))
+    x = np.asarray(im, np.uint8)
+  return x[..., None] if x.ndim == 2 else x
+
+
+class FolderSplit(StreamSource):
+  """One split of a folder of pictures: the files, their labels, decoded when read."""
+
+  def __init__(self, root: str, files: list[str], labels, channels: int, image_size, shape, workers: int,
+               fingerprint: str):
+    super().__init__(len(files), labels, fingerprint)
+    self.root, self.files, self.channels, self.size = root, files, channels, image_size
+    self.image_shape = shape
+    self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ae_jax_decode")
+
+  def _decode(self, i: int) -> np.ndarray:
+    path = os.path.join(self.root, self.files[i])
+    with open(path, "rb") as f:
+      x = decode(f.read(), self.channels, self.size)
+    if x.shape != self.image_shape:
+      raise DataError(f"{path}: a picture of {x.shape[1]}x{x.shape[0]}, the others are "
+                      f"{self.image_shape[1]}x{self.image_shape[0]}; set data.image_size")
+    return x
+
+  def _read(self, flat: np.ndarray) -> np.ndarray:
+    return np.stack(list(self._pool.map(self._decode, flat.tolist())))
+
+
+def _inspect(root: str, rel: str) -> tuple[str, str, tuple[int, int], str]:
+  """(rel, SHA-256 of the bytes, (width, height), mode) of one picture, decoded once to be sure it
+  reads (a truncated JPEG passes every header check); DataError if it does not."""
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(root, rel)
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+    with PIL.Image.open(io.BytesIO(raw)) as im:
+      im.load()
+      size, mode = im.size, im.mode
+  except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
+    raise DataError(f"{path}: not a readable picture ({type(e).__name__}: {str(e)[:120]})") from None
+  return rel, hashlib.sha256(raw).hexdigest(), size, mode
+
+
+def _scan(root: str, rels: list[str], cfg, split: str):
+  """The readable pictures of one split, checked in threads: (files, digests, sizes, modes)."""
+  with concurrent.futures.ThreadPoolExecutor(cfg.workers) as pool:
+    futures = [pool.submit(_inspect, root, rel) for rel in rels]
+    results, bad = [], []
+    for f in futures:
+      try:
+        results.append(f.result())
+      except DataError as e:
+        if not cfg.skip_bad:
+          for g in futures:
+            g.cancel()
+          raise DataError(f"{e} (data.skip_bad=True skips such files)") from None
+        bad.append(str(e))
+  if bad:
+    logging.warning("data.dir=%s: skipped %d unreadable %s pictures (first: %s)", root, len(bad), split,
+                    bad[0])
+  if not results:
+    raise DataError(f"data.dir={root!r}: the {split} split has no readable pictures")
+  return results, len(bad)
+
+
+def _labels(rels: list[str], classes: list[str] | None):
+  if classes is None:
+    return None
+  return np.asarray([classes.index(r.split(os.sep)[0]) for r in rels], np.int32)
+
+
+def _load(cfg):
+  root = os.path.abspath(cfg.dir)
+  if not os.path.isdir(root):
+    raise DataError(f"data.dir={cfg.dir!r}: no such folder of pictures")
+  if os.path.isdir(os.path.join(root, "test")):
+    if not os.path.isdir(os.path.join(root, "train")):
+      raise DataError(f"data.dir={cfg.dir!r}: has a test/ subfolder but no train/ one")
+    parts = {s: (os.path.join(root, s), _pictures(os.path.join(root, s))) for s in ("train", "test")}
+    rule = "train/ and test/ subfolders"
+  else:
+    everything = _pictures(root)
+    parts = {"train": (root, [r for r in everything if not _hashed_test(r, cfg.test_fraction)]),
+             "test": (root, [r for r in everything if _hashed_test(r, cfg.test_fraction)])}
+    rule = f"test: the files whose path hashes below data.test_fraction={cfg.test_fraction}"
+  for split, (where, rels) in parts.items():
+    if not rels:
+      raise DataError(f"data.dir={cfg.dir!r}: no {split} pictures ({', '.join(EXTENSIONS)}) in {where}")
+  nested = {split: {os.sep in r for r in rels} for split, (_, rels) in parts.items()}
+  if any(len(v) > 1 for v in nested.values()) or nested["train"] != nested["test"]:
+    raise DataError(f"data.dir={cfg.dir!r}: mixes pictures in class subfolders with pictures beside them; "
+                    "put every picture in a class subfolder, or none")
+  scanned = {split: _scan(where, rels, cfg, split) for split, (where, rels) in parts.items()}
+  first = scanned["train"][0][0]
+  channels = cfg.channels or (1 if first[3] in ("1", "L", "I", "I;16", "F") else 3)
+  classes = None
+  if nested["train"] == {True}:
+    classes = sorted({r.split(os.sep)[0] for results, _ in scanned.values() for r, *_ in results})
+  if cfg.image_size is None:
+    for results, _ in scanned.values():
+      other = next(((r, s) for r, _, s, _ in results if s != first[2]), None)
+      if other:
+        raise DataError(f"{os.path.join(root, other[0])}: a picture of {other[1][0]}x{other[1][1]}, the "
+                        f"first is {first[2][0]}x{first[2][1]}; set data.image_size to resize them")
+  w, h = (cfg.image_size, cfg.image_size) if cfg.image_size else first[2]
+  shape = (h, w, channels)
+  splits = []
+  for split, (where, _) in parts.items():
+    results, _ = scanned[split]
+    rels = [r for r, *_ in results]
+    digest = hashlib.sha256(str((shape, cfg.image_size, channels)).encode())
+    for r, d, _, _ in results:
+      digest.update(f"{r}\0{d}\n".encode())
+    splits.append(FolderSplit(where, rels, _labels(rels, classes), channels, cfg.image_size, shape,
+                              cfg.workers, digest.hexdigest()))
+  skipped = {s: n for s, (_, n) in scanned.items() if n}
+  where = f"folder:{root} ({rule}{'; skipped ' + str(skipped) if skipped else ''})"
+  return splits[0], splits[1], where
+
+
+SOURCE = DataSource(_load, fields=FIELDS, needs_dir="a folder of pictures", module=__name__)
