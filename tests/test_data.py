@@ -7,11 +7,11 @@ import socket
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from ae_jax import config as config_lib
 from ae_jax import data
 from ae_jax.data import embedded
 from ae_jax.data import tfds as tfds_source
@@ -19,9 +19,8 @@ from conftest import SHARED_MNIST, write_mnist_idx
 
 
 def _cfg(**kw):
-  c = ml_collections.ConfigDict(dict(source="idx", name="mnist", dir=None, download=False,
-                                     train_size=None, test_size=None))
-  c.update(kw)
+  c = config_lib.get_default().data  # config.data: every source's fields at their defaults
+  c.update({"source": "idx", "download": False, **kw})
   return c
 
 
@@ -214,7 +213,8 @@ def test_tfds_prepare_failures_are_one_line(monkeypatch, tmp_path, error, messag
 
 def test_unknown_source():
   with pytest.raises(ValueError,
-                     match=r"^data.source='hub': expected one of \('tfds', 'idx', 'npz', 'embedded'\)"):
+                     match=r"^data.source='hub': expected one of \('tfds', 'idx', 'npz', 'embedded', "
+                           r"'folder', 'array_record'\)"):
     data.load(_cfg(source="hub"))
 
 

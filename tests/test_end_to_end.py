@@ -3,6 +3,7 @@ mid-epoch resume, host-fed batches, pmap resumed under mesh, a prepared TFDS dat
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,8 +95,8 @@ def test_outputs_of_a_run(straight):
   assert run["model"] == {"name": "reference", "module": "ae_jax.models.reference"}
   kinds = [r["kind"] for r in metrics.read_jsonl(workdir / "metrics.jsonl")]
   assert kinds.count("eval") == 2 and kinds.count("train") >= 4
-  # Progress lines: step, loss, throughput, ETA.
-  assert "img/s | ETA" in proc.stderr and "step 16/16" in proc.stderr
+  # Progress lines: step, loss, throughput, the data wait, ETA.
+  assert re.search(r"img/s, data wait \d+% \| ETA", proc.stderr) and "step 16/16" in proc.stderr
   # The compiled train step went to the persistent compilation cache (conftest: this session's
   # $AE_JAX_CACHE), where later runs load it.
   assert [f for f in os.listdir(os.path.join(os.environ["AE_JAX_CACHE"], "jax"))

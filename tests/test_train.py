@@ -147,8 +147,9 @@ def test_log_window_means_and_restart():
   w.add({"loss": np.array([1.0, 3.0]), "mse": np.array([0.5, 0.5])})
   restored = train.LogWindow.from_meta(json.loads(json.dumps(w.to_meta())))  # through checkpoint meta
   restored.add({"loss": np.array([5.0]), "mse": np.array([2.0])})
-  means, steps_per_s = restored.flush()
-  assert means == {"train_loss": 3.0, "train_mse": 1.0} and steps_per_s > 0
+  restored.add_wait(0.0)
+  means, steps_per_s, waited = restored.flush()
+  assert means == {"train_loss": 3.0, "train_mse": 1.0} and steps_per_s > 0 and waited == 0.0
   assert restored.to_meta() == {"steps": 0, "sums": {}}
 
 

@@ -115,7 +115,9 @@ class StreamSource:
     raise NotImplementedError
 
   def take(self, n: int) -> "StreamSource":
-    """The first n examples (the same reader)."""
+    """The first n examples (the same reader); all of them: this split, its fingerprint unchanged."""
+    if n == self._n:
+      return self
     part = copy.copy(self)
     part._n, part.labels = n, None if self.labels is None else self.labels[:n]
     part._fingerprint = hashlib.sha256(f"{self._fingerprint}[:{n}]".encode()).hexdigest()
