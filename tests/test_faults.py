@@ -179,8 +179,8 @@ def _resume_from(reference, tmp_path, step, name="w"):
 
 def test_a_locked_workdir_is_refused_in_one_line_and_left_as_it_was(reference, tmp_path):
   workdir = _resume_from(reference, tmp_path, 45)
-  before = _snapshot(workdir)
   with rundir.Lock(str(workdir)):  # this process holds it, as a first run would
+    before = _snapshot(workdir)  # .lock now names this process
     proc = _run(workdir, check=False)
     line = _clean_failure(proc, 2, f"error: workdir='{workdir}' is in use by pid {os.getpid()} on "
                                    f"{socket.gethostname()} since ")
