@@ -12,6 +12,7 @@ codebook's perplexity and the codes used.
 """
 
 import functools
+import math
 import time
 
 import dm_pix
@@ -131,7 +132,10 @@ def final(model, params, config: ml_collections.ConfigDict, ds: data.Dataset, ev
       target = np.asarray(transforms.binarize(eval_key, jnp.asarray(target), jnp.arange(n)))
     nll = importance_nll(log_weights(config, model.apply), params, target, jax.random.fold_in(eval_key, 1),
                          cfg.nll_samples)
-    out.update(nll=float(np.mean(nll)), nll_samples=cfg.nll_samples, nll_examples=n)
+    out.update(nll=float(np.mean(nll)), nll_samples=cfg.nll_samples, nll_examples=n,
+               # per pixel and channel; a code length only for a discrete likelihood (binarised
+               # pixels with bernoulli, 8-bit ones with discretized_gaussian)
+               nll_bits_per_dim=float(np.mean(nll)) / (math.log(2) * int(np.prod(target.shape[1:]))))
 
   if not ds.labelled:  # probes and the Fréchet classifier learn from labels
     out["labels"] = "none: no probe accuracies or Fréchet distance"

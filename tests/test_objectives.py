@@ -98,6 +98,34 @@ def test_gaussian_likelihood_fixed_and_learned_scale():
     np.testing.assert_allclose(m["log_px_z"], ref, rtol=1e-5)
 
 
+def test_discretized_gaussian_is_the_normal_mass_of_each_8bit_bin():
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 3, 3)).astype(np.float32)
+  k = rng.integers(0, 256, size=(2, 3, 3, 3))
+  k[0, 0, 0] = (0, 255, 128)  # both open end bins
+  x = (k / 255).astype(np.float32)
+  got = vae.log_likelihood("discretized_gaussian", jnp.asarray(logits), jnp.asarray(x),
+                           jnp.asarray(np.log(0.2), jnp.float32))
+  mean = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  lo, hi = np.where(k == 0, -np.inf, (k - 0.5) / 255), np.where(k == 255, np.inf, (k + 0.5) / 255)
+  mass = stats.norm.cdf(hi, mean, 0.2) - stats.norm.cdf(lo, mean, 0.2)
+  np.testing.assert_allclose(got, np.log(mass).reshape(2, -1).sum(1), rtol=1e-5)
+  # The 256 values of a pixel have probabilities that sum to 1, for a wide and a narrow scale and a
+  # mean near an end (the mass is computed in the tail it sits in).
+  values = jnp.arange(256, dtype=jnp.float32).reshape(256, 1, 1, 1) / 255
+  for m, scale in ((0.3, 0.2), (0.5, 0.001), (0.995, 0.003)):
+    logit = jnp.full((256, 1, 1, 1), np.log(m / (1 - m)), jnp.float32)
+    p = jnp.exp(vae.log_likelihood("discretized_gaussian", logit, values, jnp.log(jnp.float32(scale))))
+    np.testing.assert_allclose(float(jnp.sum(p)), 1.0, rtol=1e-5)
+  # The objective reports the ELBO per pixel and channel in bits.
+  cfg, model, state, batch = _setup("vae", **{"vae.likelihood": "discretized_gaussian", "vae.scale": 0.1})
+  _, metrics, _ = objectives.bind(cfg, model.apply)(state.params, batch, jax.random.key(3))
+  np.testing.assert_allclose(metrics["bits_per_dim"],
+                             -metrics["elbo"] / (np.log(2) * np.prod(batch["image"].shape[1:])), rtol=1e-6)
+
+
 def test_iwae_with_one_sample_is_the_one_sample_elbo_and_matches_vae_on_average():
   cfg, model, state, batch = _setup("iwae", **{"vae.num_samples": 1})
   iwae = jax.jit(objectives.bind(cfg, model.apply))
