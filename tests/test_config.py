@@ -25,7 +25,8 @@ WRONG = {"seed": -1, "objective": "gan", "plugins": ("",), "loss": "l1", "batch_
          "data.download": "no", "data.train_size": 0, "data.test_size": -1, "data.stream": "auto",
          "data.image_size": 0, "data.channels": 4, "data.test_fraction": 1.0, "data.workers": 0,
          "data.skip_bad": "yes",
-         "model.num_codes": 0, "vae.likelihood": "poisson", "vae.scale": 0.0, "vae.beta": -1.0,
+         "model.num_codes": 0, "vae.likelihood": "poisson", "vae.scale": 0.0, "vae.scale_fit": "adam",
+         "vae.beta": -1.0,
          "vae.kl_warmup_steps": -5, "vae.num_samples": 0, "sparse.penalty": "l2", "sparse.weight": -1e-3,
          "sparse.target": 1.0, "contractive.weight": "high", "vq.commitment": -0.25, "vq.ema_decay": 1.5,
          "data.binarize": "static", "eval.final": "yes", "eval.nll_samples": 0, "eval.nll_examples": 0,
@@ -77,7 +78,7 @@ def test_resume_rules_come_from_the_declaration():
 def test_a_scale_without_a_gaussian_likelihood_is_refused():
   c = config_lib.get_default()
   c.objective, c.vae.scale = "vae", 0.1  # the vae objective's own check
-  with pytest.raises(ValueError, match=r"^vae.scale=0.1: only vae.likelihood='gaussian' has a scale"):
+  with pytest.raises(ValueError, match=r"^vae.scale=0.1: only vae.likelihood='gaussian' or 'discretized_g"):
     config_lib.validate(c)
   c.vae.likelihood = "gaussian"
   config_lib.validate(c)

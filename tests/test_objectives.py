@@ -98,6 +98,24 @@ def test_gaussian_likelihood_fixed_and_learned_scale():
     np.testing.assert_allclose(m["log_px_z"], ref, rtol=1e-5)
 
 
+def test_optimal_scale_is_each_examples_rms_error_without_a_param():
+  cfg, model, state, batch = _setup("vae", **{"vae.likelihood": "gaussian", "vae.scale_fit": "optimal"})
+  assert "log_scale" not in state.params
+  _, m, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, batch, jax.random.key(3))
+  mean, logvar = oracle.apply(model, state.params, batch["input"], "posterior")
+  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(3), b), (1, 2)))[0]
+                  for b in range(B)])
+  z = np.asarray(mean) + np.exp(np.asarray(logvar) / 2) * eps
+  mu = np.asarray(jax.nn.sigmoid(model.apply({"params": state.params}, jnp.asarray(z, jnp.float32),
+                                             method="decode_logits")), np.float64)
+  x = np.asarray(batch["image"], np.float64)
+  sigma = np.sqrt(np.mean((x - mu) ** 2, axis=(1, 2, 3), keepdims=True))  # sigma-VAE's optimum
+  ref = np.sum(-0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi), axis=(1, 2, 3))
+  np.testing.assert_allclose(m["log_px_z"], ref, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"^vae.scale_fit='optimal': fits the scale of"):
+    objectives.check(oracle.tiny_config("vae", **{"vae.scale_fit": "optimal"}))  # bernoulli has none
+
+
 def test_discretized_gaussian_is_the_normal_mass_of_each_8bit_bin():
   from scipy import stats  # pylint: disable=g-import-not-at-top
 

@@ -26,8 +26,12 @@ LIKELIHOOD_FIELDS = (
                  "sigmoid(logits); `discretized_gaussian`: the probability of each 8-bit value (its bin "
                  "of width 1/255, the end bins open), for bits/dim on colour images"),
     fields.Field("vae.scale", None, fields.optional(fields.POSITIVE_NUMBER), fields.NEVER,
-                 "vae, iwae with a (discretized) gaussian likelihood: the pixels' std; None: learned (one "
-                 "param)", float),
+                 "vae, iwae with a (discretized) gaussian likelihood: the pixels' std; None: fitted as "
+                 "vae.scale_fit says", float),
+    fields.Field("vae.scale_fit", "learned", fields.one_of("learned", "optimal"), fields.NEVER,
+                 "with vae.scale=None: `learned`, one param trained by the optimizer (at its pace, ~lr "
+                 "per step); `optimal`, each example's maximum-likelihood std, sqrt of its MSE (sigma-VAE, "
+                 "Rybkin et al. 2021), no param"),
 )
 VAE_FIELDS = (
     fields.Field("vae.beta", 1.0, fields.NON_NEGATIVE_NUMBER, fields.ALLOW,
@@ -100,10 +104,22 @@ class VaeParts(NamedTuple):
   mse: jax.Array  # [B, k] of the decoder's mean
 
 
-def _log_scale(likelihood: str, params, scale):
+MIN_OPTIMAL_SCALE = 1e-3  # vae.scale_fit='optimal': a perfect reconstruction must not give -inf
+
+
+def _log_scale(likelihood: str, params, scale, logits_NHWC, x_NHWC):
+  """log sigma: fixed (a number), the learned param (None) or each example's optimum ('optimal')."""
   if likelihood not in SCALED:
     return None
+  if scale == "optimal":  # sigma-VAE: argmax_sigma of the Gaussian likelihood is the RMS error
+    mse_N = jnp.mean(jnp.square(jax.nn.sigmoid(logits_NHWC) - x_NHWC), axis=(1, 2, 3), keepdims=True)
+    return jax.lax.stop_gradient(0.5 * jnp.log(jnp.maximum(mse_N, MIN_OPTIMAL_SCALE**2)))
   return params["log_scale"] if scale is None else jnp.log(jnp.asarray(scale, jnp.float32))
+
+
+def scale_arg(c):
+  """What the bound functions take as `scale`: vae.scale, or 'optimal' (vae.scale_fit)."""
+  return "optimal" if c.vae.scale is None and c.vae.scale_fit == "optimal" else c.vae.scale
 
 
 def sample_parts(params, x_BHWC: jax.Array, target_BHWC: jax.Array, keys_B: jax.Array, num_samples: int,
@@ -116,7 +132,7 @@ def sample_parts(params, x_BHWC: jax.Array, target_BHWC: jax.Array, keys_B: jax.
   z_BKD = mean_BD[:, None] + jnp.exp(0.5 * logvar_BD)[:, None] * eps_BKD
   logits = apply_fn({"params": params}, z_BKD.reshape(b * num_samples, d), method="decode_logits")
   target = jnp.repeat(target_BHWC, num_samples, axis=0)
-  log_scale = _log_scale(likelihood, params, scale)
+  log_scale = _log_scale(likelihood, params, scale, logits, target)
   log_px_z = log_likelihood(likelihood, logits, target, log_scale).reshape(b, num_samples)
   mse = jnp.mean(jnp.square(jax.nn.sigmoid(logits) - target).reshape(b * num_samples, -1), -1)
   log_pz = gaussian_log_density(z_BKD, 0.0, jnp.zeros_like(z_BKD))
@@ -182,27 +198,31 @@ def log_weights(params, x_BHWC, position_B, key, num_samples: int, *, apply_fn, 
 
 def head(c) -> Head:
   """A Gaussian posterior; a learned scale for a Gaussian likelihood without a fixed one."""
-  return Head("gaussian", learned_scale=c.vae.likelihood in SCALED and c.vae.scale is None)
+  return Head("gaussian", learned_scale=(c.vae.likelihood in SCALED and c.vae.scale is None
+                                         and c.vae.scale_fit == "learned"))
 
 
 def check(c) -> None:
   if c.vae.scale is not None and c.vae.likelihood not in SCALED:
     raise ValueError(f"vae.scale={c.vae.scale!r}: only vae.likelihood='gaussian' or 'discretized_gaussian' "
                      f"has a scale (vae.likelihood={c.vae.likelihood!r}); leave it None")
+  if c.vae.scale_fit != "learned" and (c.vae.scale is not None or c.vae.likelihood not in SCALED):
+    raise ValueError(f"vae.scale_fit={c.vae.scale_fit!r}: fits the scale of vae.likelihood='gaussian' or "
+                     "'discretized_gaussian' with vae.scale=None")
 
 
 def _bind_log_weights(c, apply_fn):
-  return functools.partial(log_weights, apply_fn=apply_fn, likelihood=c.vae.likelihood, scale=c.vae.scale)
+  return functools.partial(log_weights, apply_fn=apply_fn, likelihood=c.vae.likelihood, scale=scale_arg(c))
 
 
 VAE = Objective(
     lambda c, apply_fn: functools.partial(vae, apply_fn=apply_fn, likelihood=c.vae.likelihood,
-                                          scale=c.vae.scale, beta=c.vae.beta,
+                                          scale=scale_arg(c), beta=c.vae.beta,
                                           kl_warmup_steps=c.vae.kl_warmup_steps),
     head=head, fields=(*LIKELIHOOD_FIELDS, *VAE_FIELDS), log_keys=("mse", "elbo", "kl"), check=check,
     log_weights=_bind_log_weights, module=__name__)
 IWAE = Objective(
     lambda c, apply_fn: functools.partial(iwae, apply_fn=apply_fn, likelihood=c.vae.likelihood,
-                                          scale=c.vae.scale, num_samples=c.vae.num_samples),
+                                          scale=scale_arg(c), num_samples=c.vae.num_samples),
     head=head, fields=(*LIKELIHOOD_FIELDS, *IWAE_FIELDS), log_keys=("mse", "iwae_bound", "kl"), check=check,
     log_weights=_bind_log_weights, module=__name__)

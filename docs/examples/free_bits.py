@@ -34,7 +34,7 @@ def free_bits(params, batch, key, *, apply_fn, likelihood, scale, nats):
 
 objectives.register("free_bits", objectives.Objective(
     bind=lambda c, apply_fn: functools.partial(free_bits, apply_fn=apply_fn, likelihood=c.vae.likelihood,
-                                               scale=c.vae.scale, nats=c.free_bits.nats),
+                                               scale=vae.scale_arg(c), nats=c.free_bits.nats),
     head=vae.head,  # a Gaussian posterior (and a learned scale for a Gaussian likelihood)
     fields=(*vae.LIKELIHOOD_FIELDS, *FIELDS),  # the vae.* likelihood fields are shared, declared once
     log_keys=("mse", "kl", "dims_below_free"),
