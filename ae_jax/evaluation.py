@@ -124,7 +124,8 @@ def final(model, params, config: ml_collections.ConfigDict, ds: data.Dataset, ev
   if model.latent == "grid":
     _, codes = jax.jit(functools.partial(model.apply, method="quantize"))({"params": params}, test_z)
     out.update(codebook_use(np.asarray(codes), model.num_codes))
-  log_weights = objectives.get(config.objective).log_weights
+  objective = objectives.get(config.objective)
+  log_weights = objective.log_weights
   if log_weights is not None:
     n = len(test_x) if cfg.nll_examples is None else min(cfg.nll_examples, len(test_x))
     target = test_x[:n]
@@ -132,10 +133,9 @@ def final(model, params, config: ml_collections.ConfigDict, ds: data.Dataset, ev
       target = np.asarray(transforms.binarize(eval_key, jnp.asarray(target), jnp.arange(n)))
     nll = importance_nll(log_weights(config, model.apply), params, target, jax.random.fold_in(eval_key, 1),
                          cfg.nll_samples)
-    out.update(nll=float(np.mean(nll)), nll_samples=cfg.nll_samples, nll_examples=n,
-               # per pixel and channel; a code length only for a discrete likelihood (binarised
-               # pixels with bernoulli, 8-bit ones with discretized_gaussian)
-               nll_bits_per_dim=float(np.mean(nll)) / (math.log(2) * int(np.prod(target.shape[1:]))))
+    out.update(nll=float(np.mean(nll)), nll_samples=cfg.nll_samples, nll_examples=n)
+    if objective.code_length is not None and objective.code_length(config):  # discrete data: bits
+      out["nll_bits_per_dim"] = out["nll"] / (math.log(2) * int(np.prod(target.shape[1:])))
 
   if not ds.labelled:  # probes and the Fréchet classifier learn from labels
     out["labels"] = "none: no probe accuracies or Fréchet distance"

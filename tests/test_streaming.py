@@ -78,8 +78,9 @@ def test_array_record_problems_are_one_line(colour, tmp_path):
     data.write_array_record(str(tmp_path / "f"), (arrays[0] / 255.0, None, arrays[2] / 255.0, None))
 
 
-def test_a_prepared_tfds_dataset_streams_what_it_decodes_into_memory(colour):
+def test_a_prepared_tfds_dataset_streams_what_it_decodes_into_memory(colour, monkeypatch, tmp_path):
   root, *_ = colour
+  monkeypatch.setenv("AE_JAX_CACHE", str(tmp_path))  # its decoded copy stays out of the session's cache
   fields = {"source": "tfds", "name": "colour_shapes", "dir": str(root / "tfds"), "download": False}
   cached, streamed = _load(**fields), _load(**fields, stream=True)
   assert isinstance(cached.train, data.ArraySource) and isinstance(streamed.train, data.StreamSource)
@@ -96,9 +97,10 @@ def test_a_prepared_tfds_dataset_streams_what_it_decodes_into_memory(colour):
 def test_a_folder_of_pictures_reads_its_classes_and_splits(colour, tmp_path):
   root, _, (tx, ty, vx, vy) = colour
   ds = _load(source="folder", dir=str(root / "png"))
-  # Files in path order: by class folder (000_square, 001_disc, 002_triangle), then by name.
+  # Files in an order fixed by a hash of their paths, so that the first N hold every class.
   order = [int(os.path.basename(f)[:-4]) for f in ds.train.files]
-  assert sorted(order) == list(range(N_TRAIN)) and ds.train.files == sorted(ds.train.files)
+  assert sorted(order) == list(range(N_TRAIN)) and ds.train.files == folder._shuffled(ds.train.files)
+  assert set(ds.train.labels[:12]) == {0, 1, 2}
   chex.assert_trees_all_equal(ds.train[:], tx[order])  # PNG is lossless
   np.testing.assert_array_equal(ds.train.labels, ty[order])
   test_order = [int(os.path.basename(f)[:-4]) - N_TRAIN for f in ds.test.files]

@@ -1,12 +1,14 @@
-"""A folder of pictures (`data.source=folder`): PNG or JPEG files, decoded by index in worker threads.
+"""A folder of pictures (`data.source=folder`): PNG, JPEG, BMP, GIF or WebP files, decoded in threads.
 
 Splits: `DIR/train/` and `DIR/test/` when there is a `test/` subfolder; else
 every picture, with a test split of the files whose path hashes below
 `data.test_fraction` (a fixed rule: adding files never moves the others).
 Labels: one subfolder per class (sorted names are classes 0, 1, ...), else
-none. Each picture becomes `data.channels` channels (1: grey, 3: RGB) and, with
-`data.image_size`, is resized so its shorter side is that size and centre-cropped
-square (the CelebA-64 recipe). Every file is read and decoded once before training
+none. A split's files are in an order fixed by a hash of their paths, so that
+`data.train_size` takes a sample of every class. Each picture becomes
+`data.channels` channels (1: grey, 3: RGB) and, with `data.image_size`, is
+resized so its shorter side is that size and centre-cropped square (the CelebA-64
+recipe). Every file is read and decoded once before training
 (its SHA-256 feeds the split's fingerprint); an unreadable one is one line
 naming it, or skipped and counted with `data.skip_bad`.
 """
@@ -19,7 +21,7 @@ import os
 from absl import logging
 import numpy as np
 
-from ae_jax import fields
+from ae_jax import faults, fields
 from ae_jax.data.source import DataError, DataSource, StreamSource
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -86,8 +88,14 @@ class FolderSplit(StreamSource):
 
   def _decode(self, i: int) -> np.ndarray:
     path = os.path.join(self.root, self.files[i])
-    with open(path, "rb") as f:
-      x = decode(f.read(), self.channels, self.size)
+    try:
+      with open(path, "rb") as f:
+        x = decode(f.read(), self.channels, self.size)
+    except (OSError, ValueError, SyntaxError) as e:
+      if faults.describe(e):  # the machine's fault (I/O, a vanished filesystem): faults says it
+        raise
+      raise DataError(f"{path}: not a readable picture any more ({type(e).__name__}: {str(e)[:120]}); it "
+                      "read at the start: was it changed during the run?") from None
     if x.shape != self.image_shape:
       raise DataError(f"{path}: a picture of {x.shape[1]}x{x.shape[0]}, the others are "
                       f"{self.image_shape[1]}x{self.image_shape[0]}; set data.image_size")
@@ -114,26 +122,45 @@ def _inspect(root: str, rel: str) -> tuple[str, str, tuple[int, int], str]:
   return rel, hashlib.sha256(raw).hexdigest(), size, mode
 
 
+SCAN_CHUNK = 4096  # files checked per batch of threads: memory stays flat however many there are
+
+
 def _scan(root: str, rels: list[str], cfg, split: str):
-  """The readable pictures of one split, checked in threads: (files, digests, sizes, modes)."""
+  """Checks a split's pictures in threads, a chunk at a time: (the readable files, a SHA-256 of their
+  names and contents, the first one's ((width, height), mode), the first of another size as (file,
+  size) or None, how many were skipped)."""
+  kept, digest, first, other, bad = [], hashlib.sha256(), None, None, []
   with concurrent.futures.ThreadPoolExecutor(cfg.workers) as pool:
-    futures = [pool.submit(_inspect, root, rel) for rel in rels]
-    results, bad = [], []
-    for f in futures:
-      try:
-        results.append(f.result())
-      except DataError as e:
-        if not cfg.skip_bad:
-          for g in futures:
-            g.cancel()
-          raise DataError(f"{e} (data.skip_bad=True skips such files)") from None
-        bad.append(str(e))
+    for start in range(0, len(rels), SCAN_CHUNK):
+      futures = [pool.submit(_inspect, root, rel) for rel in rels[start:start + SCAN_CHUNK]]
+      for f in futures:
+        try:
+          rel, file_digest, size, mode = f.result()
+        except DataError as e:
+          if not cfg.skip_bad:
+            for g in futures:
+              g.cancel()
+            raise DataError(f"{e} (data.skip_bad=True skips such files)") from None
+          bad.append(str(e))
+          continue
+        kept.append(rel)
+        digest.update(f"{rel}\0{file_digest}\n".encode())
+        if first is None:
+          first = (size, mode)
+        elif other is None and size != first[0]:
+          other = (rel, size)
   if bad:
     logging.warning("data.dir=%s: skipped %d unreadable %s pictures (first: %s)", root, len(bad), split,
                     bad[0])
-  if not results:
+  if not kept:
     raise DataError(f"data.dir={root!r}: the {split} split has no readable pictures")
-  return results, len(bad)
+  return kept, digest.hexdigest(), first, other, len(bad)
+
+
+def _shuffled(rels: list[str]) -> list[str]:
+  """The files in an order fixed by a hash of each path: data.train_size's first N are a sample of
+  every class, not the first class's files (path order)."""
+  return sorted(rels, key=lambda r: hashlib.sha256(b"order\0" + r.encode()).digest())
 
 
 def _labels(rels: list[str], classes: list[str] | None):
@@ -164,29 +191,27 @@ def _load(cfg):
     raise DataError(f"data.dir={cfg.dir!r}: mixes pictures in class subfolders with pictures beside them; "
                     "put every picture in a class subfolder, or none")
   scanned = {split: _scan(where, rels, cfg, split) for split, (where, rels) in parts.items()}
-  first = scanned["train"][0][0]
-  channels = cfg.channels or (1 if first[3] in ("1", "L", "I", "I;16", "F") else 3)
+  (first_size, first_mode) = scanned["train"][2]
+  channels = cfg.channels or (1 if first_mode in ("1", "L", "I", "I;16", "F") else 3)
   classes = None
   if nested["train"] == {True}:
-    classes = sorted({r.split(os.sep)[0] for results, _ in scanned.values() for r, *_ in results})
+    classes = sorted({r.split(os.sep)[0] for kept, *_ in scanned.values() for r in kept})
   if cfg.image_size is None:
-    for results, _ in scanned.values():
-      other = next(((r, s) for r, _, s, _ in results if s != first[2]), None)
-      if other:
-        raise DataError(f"{os.path.join(root, other[0])}: a picture of {other[1][0]}x{other[1][1]}, the "
-                        f"first is {first[2][0]}x{first[2][1]}; set data.image_size to resize them")
-  w, h = (cfg.image_size, cfg.image_size) if cfg.image_size else first[2]
+    for split, (kept, _, (size, _), other, _) in scanned.items():
+      odd = other or ((kept[0], size) if size != first_size else None)
+      if odd:
+        raise DataError(f"{os.path.join(parts[split][0], odd[0])}: a picture of {odd[1][0]}x{odd[1][1]}, "
+                        f"the first is {first_size[0]}x{first_size[1]}; set data.image_size to resize them")
+  w, h = (cfg.image_size, cfg.image_size) if cfg.image_size else first_size
   shape = (h, w, channels)
   splits = []
   for split, (where, _) in parts.items():
-    results, _ = scanned[split]
-    rels = [r for r, *_ in results]
-    digest = hashlib.sha256(str((shape, cfg.image_size, channels)).encode())
-    for r, d, _, _ in results:
-      digest.update(f"{r}\0{d}\n".encode())
-    splits.append(FolderSplit(where, rels, _labels(rels, classes), channels, cfg.image_size, shape,
-                              cfg.workers, digest.hexdigest()))
-  skipped = {s: n for s, (_, n) in scanned.items() if n}
+    kept, files_digest, *_ = scanned[split]
+    fingerprint = hashlib.sha256(f"{(shape, cfg.image_size, channels)}{files_digest}".encode()).hexdigest()
+    files = _shuffled(kept)
+    splits.append(FolderSplit(where, files, _labels(files, classes), channels, cfg.image_size, shape,
+                              cfg.workers, fingerprint))
+  skipped = {s: n for s, (*_, n) in scanned.items() if n}
   where = f"folder:{root} ({rule}{'; skipped ' + str(skipped) if skipped else ''})"
   return splits[0], splits[1], where
 

@@ -18,7 +18,7 @@ def prefetch(read, items, depth: int = 2, on_wait=None):
   try:
     for item in items:
       queue.append((item, pool.submit(read, item)))
-      if len(queue) > depth:
+      if len(queue) >= depth:
         break
     while queue:
       item, future = queue.popleft()

@@ -29,7 +29,9 @@ class RecordSplit(StreamSource):
   def __init__(self, directory: str, split: str, meta: dict):
     from grain import sources  # pylint: disable=g-import-not-at-top
 
-    info = meta["splits"][split]
+    info = meta.get("splits", {}).get(split)
+    if not isinstance(info, dict) or not {"num", "shards", "sha256"} <= set(info):
+      raise DataError(f"{os.path.join(directory, META)}: no complete record of the {split} split")
     self.image_shape = tuple(meta["image_shape"])
     self._bytes = int(np.prod(self.image_shape))
     paths = [os.path.join(directory, f) for f in info["shards"]]
@@ -45,7 +47,11 @@ class RecordSplit(StreamSource):
                       f"{META} says {info['num']}")
     labels = None
     if meta["labelled"]:
-      labels = np.load(os.path.join(directory, f"{split}_labels.npy"), allow_pickle=False)
+      path = os.path.join(directory, f"{split}_labels.npy")
+      try:
+        labels = np.load(path, allow_pickle=False)
+      except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the {split} labels ({_first_line(e)})") from None
       if labels.shape != (info["num"],):
         raise DataError(f"{directory}/{split}_labels.npy: {labels.shape[0]} labels for {info['num']} images")
     super().__init__(info["num"], labels, info["sha256"])
@@ -76,8 +82,9 @@ def read_meta(directory: str) -> dict:
                     "ae_jax.data.write_array_record; an unfinished write leaves none)") from None
   except (OSError, json.JSONDecodeError) as e:
     raise DataError(f"{path}: cannot read ({_first_line(e)})") from None
-  if meta.get("format") != FORMAT:
-    raise DataError(f"{path}: format {meta.get('format')!r}, this ae_jax reads format {FORMAT}")
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT or "image_shape" not in meta:
+    got = meta.get("format") if isinstance(meta, dict) else None
+    raise DataError(f"{path}: format {got!r} or no image_shape; this ae_jax reads format {FORMAT}")
   return meta
 
 

@@ -74,6 +74,8 @@ def flat_indices(index, n: int) -> tuple[np.ndarray, tuple[int, ...]]:
     flat = np.arange(*index.indices(n), dtype=np.int64)
     return flat, flat.shape
   arr = np.asarray(index)
+  if arr.size == 0:
+    arr = arr.astype(np.int64)  # [] is a float array to numpy
   if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
     raise TypeError(f"a split is indexed by integers or a slice, not {arr.dtype}")
   flat = arr.reshape(-1).astype(np.int64)

@@ -68,6 +68,8 @@ class TfdsSplit(StreamSource):
 
 
 def _image_shape(builder) -> tuple[int, int, int]:
+  if "image" not in builder.info.features:
+    raise DataError(f"TFDS dataset {builder.name!r}: expected examples with an 'image' feature")
   shape = tuple(builder.info.features["image"].shape)
   if len(shape) != 3 or None in shape:
     raise DataError(f"TFDS dataset {builder.name!r}: images of shape {shape} vary in size; decode them into "

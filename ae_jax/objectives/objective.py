@@ -39,6 +39,8 @@ class Objective:
   log_weights(config, apply_fn) -> fn(params, x_BHWC, position_B, key, k) -> [B, k]
     log p(x, z_j) - log q(z_j|x) for k samples z_j ~ q(z|x): objectives of a
     latent-variable model give it, and the final eval estimates -log p(x) with it.
+  code_length(config): whether that likelihood is of discrete data, so that -log p(x)
+    is a code length and the final eval also gives it in bits/dim.
   """
 
   bind: Callable[[ml_collections.ConfigDict, Callable], Callable]
@@ -48,6 +50,7 @@ class Objective:
   log_keys: tuple[str, ...] = ("mse",)
   check: Callable[[ml_collections.ConfigDict], None] | None = None
   log_weights: Callable[[ml_collections.ConfigDict, Callable], Callable] | None = None
+  code_length: Callable[[ml_collections.ConfigDict], bool] | None = None
   module: str = ""
 
 

@@ -60,7 +60,7 @@ def _log_normal_mass(lo, hi):
   upper = lo > 0
   a, b = jnp.where(upper, -hi, lo), jnp.where(upper, -lo, hi)
   log_b, log_a = jax.scipy.special.log_ndtr(b), jax.scipy.special.log_ndtr(a)
-  return log_b + jnp.log1p(-jnp.exp(jnp.minimum(log_a - log_b, -1e-12)))
+  return log_b + jnp.log(-jnp.expm1(jnp.minimum(log_a - log_b, -1e-30)))  # log(1 - e^m), exact near 0
 
 
 def log_likelihood(likelihood: str, logits_NHWC: jax.Array, x_NHWC: jax.Array,
@@ -206,9 +206,16 @@ def check(c) -> None:
   if c.vae.scale is not None and c.vae.likelihood not in SCALED:
     raise ValueError(f"vae.scale={c.vae.scale!r}: only vae.likelihood='gaussian' or 'discretized_gaussian' "
                      f"has a scale (vae.likelihood={c.vae.likelihood!r}); leave it None")
-  if c.vae.scale_fit != "learned" and (c.vae.scale is not None or c.vae.likelihood not in SCALED):
-    raise ValueError(f"vae.scale_fit={c.vae.scale_fit!r}: fits the scale of vae.likelihood='gaussian' or "
-                     "'discretized_gaussian' with vae.scale=None")
+  if c.vae.scale_fit != "learned" and (c.vae.scale is not None or c.vae.likelihood != "gaussian"):
+    raise ValueError(f"vae.scale_fit={c.vae.scale_fit!r}: fits the scale of vae.likelihood='gaussian' with "
+                     "vae.scale=None (a scale taken from x itself would make the discretized likelihood's "
+                     "bits/dim no code length)")
+
+
+def discrete(c) -> bool:
+  """Whether p(x|z) is a probability of discrete data: 8-bit values, or binarised pixels."""
+  return c.vae.likelihood == "discretized_gaussian" or (c.vae.likelihood == "bernoulli"
+                                                        and c.data.binarize != "none")
 
 
 def _bind_log_weights(c, apply_fn):
@@ -220,9 +227,9 @@ VAE = Objective(
                                           scale=scale_arg(c), beta=c.vae.beta,
                                           kl_warmup_steps=c.vae.kl_warmup_steps),
     head=head, fields=(*LIKELIHOOD_FIELDS, *VAE_FIELDS), log_keys=("mse", "elbo", "kl"), check=check,
-    log_weights=_bind_log_weights, module=__name__)
+    log_weights=_bind_log_weights, code_length=discrete, module=__name__)
 IWAE = Objective(
     lambda c, apply_fn: functools.partial(iwae, apply_fn=apply_fn, likelihood=c.vae.likelihood,
                                           scale=scale_arg(c), num_samples=c.vae.num_samples),
     head=head, fields=(*LIKELIHOOD_FIELDS, *IWAE_FIELDS), log_keys=("mse", "iwae_bound", "kl"), check=check,
-    log_weights=_bind_log_weights, module=__name__)
+    log_weights=_bind_log_weights, code_length=discrete, module=__name__)

@@ -1,5 +1,6 @@
 """`train_and_evaluate`: every check, then the lock and the restore, then one loop over the compiled calls."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -245,37 +246,38 @@ def _loop(config, stop, mngr, writer, evaluator, place, steps, ds, keys, schedul
     return {"index": rows} if table is not None else {"image": ds.train[rows]}
 
   dstate, pending, last_eval = place.put_state(state), [], None
-  batches_ahead = data.prefetch(read, schedule.calls(start_step), on_wait=window.add_wait)
   taken = hashlib.sha256()  # the indices of the examples this process fed, said at the end
-  for calls, (call, batches) in enumerate(batches_ahead, 1):
-    dstate, device_metrics = step(dstate, place.put_batches(batches), keys["train"], table)
-    taken.update(np.ascontiguousarray(call.indices_KB[:, place.local_rows], np.int64).tobytes())
-    if calls == 1 and chief:
-      _report_first_step(device_metrics, started)
-    pending.append((call.start, device_metrics))
-    stopping = stop.due(calls)
-    last = call.end == schedule.total_steps
-    log_now = itstime(call.start, call.end, config.log_every_steps) or last
-    save_now = (call.epoch_done or last or stopping
-                or itstime(call.start, call.end, config.checkpoint_every_steps))
-    if not (log_now or save_now):
-      continue
-    _read_back(pending, place, window, mngr)  # the host waits for the device only here
-    if log_now:
-      _log_progress(writer, window, call.end, schedule, steps.log_keys)
-    if not save_now:
-      continue
-    host_state = place.get_state(dstate)
-    # The checkpoint first: what comes after it (the eval) a rerun can redo from it.
-    checkpoint.save(mngr, call.end, host_state, _checkpoint_meta(call.end, schedule, window, config,
-                                                                 data_sha256))
-    if stopping and not last:
-      mngr.wait_until_finished()
-      raise preemption.Preempted(stop.signum, call.end, mngr.directory)
-    if call.epoch_done:
-      last_eval = _interruptible_eval(stop, evaluator, mngr, eval_params(host_state), call.end, schedule,
-                                      True, final=chief and last and config.eval.final)
-      window.restart_clock()  # eval time is not training throughput
+  ahead = data.prefetch(read, schedule.calls(start_step), on_wait=window.add_wait)
+  with contextlib.closing(ahead):  # however the loop ends (a signal, a NaN), its thread stops reading
+    for calls, (call, batches) in enumerate(ahead, 1):
+      dstate, device_metrics = step(dstate, place.put_batches(batches), keys["train"], table)
+      taken.update(np.ascontiguousarray(call.indices_KB[:, place.local_rows], np.int64).tobytes())
+      if calls == 1 and chief:
+        _report_first_step(device_metrics, started)
+      pending.append((call.start, device_metrics))
+      stopping = stop.due(calls)
+      last = call.end == schedule.total_steps
+      log_now = itstime(call.start, call.end, config.log_every_steps) or last
+      save_now = (call.epoch_done or last or stopping
+                  or itstime(call.start, call.end, config.checkpoint_every_steps))
+      if not (log_now or save_now):
+        continue
+      _read_back(pending, place, window, mngr)  # the host waits for the device only here
+      if log_now:
+        _log_progress(writer, window, call.end, schedule, steps.log_keys)
+      if not save_now:
+        continue
+      host_state = place.get_state(dstate)
+      # The checkpoint first: what comes after it (the eval) a rerun can redo from it.
+      checkpoint.save(mngr, call.end, host_state, _checkpoint_meta(call.end, schedule, window, config,
+                                                                   data_sha256))
+      if stopping and not last:
+        mngr.wait_until_finished()
+        raise preemption.Preempted(stop.signum, call.end, mngr.directory)
+      if call.epoch_done:
+        last_eval = _interruptible_eval(stop, evaluator, mngr, eval_params(host_state), call.end, schedule,
+                                        True, final=chief and last and config.eval.final)
+        window.restart_clock()  # eval time is not training throughput
   rows = place.local_rows
   logging.info("process %d of %d fed rows %d-%d of each global batch of steps %d-%d: %d training examples, "
                "sha256 of their indices %s", jax.process_index(), jax.process_count(), rows.start,
