@@ -86,32 +86,31 @@ def test_gaussian_likelihood_fixed_and_learned_scale():
       assert state.params["log_scale"].shape == ()
       state = state.replace(params={**state.params, "log_scale": jnp.asarray(np.log(0.3), jnp.float32)})
     _, m, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, batch, jax.random.key(3))
-    sigma = 0.1 if scale else 0.3
-    mean, logvar = oracle.apply(model, state.params, batch["input"], "posterior")
-    eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(3), b), (1, 2)))[0]
-                    for b in range(B)])
-    z = np.asarray(mean) + np.exp(np.asarray(logvar) / 2) * eps
-    mu = np.asarray(jax.nn.sigmoid(model.apply({"params": state.params}, jnp.asarray(z, jnp.float32),
-                                               method="decode_logits")), np.float64)
-    x = np.asarray(batch["image"], np.float64)
-    ref = np.sum(-0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi), axis=(1, 2, 3))
-    np.testing.assert_allclose(m["log_px_z"], ref, rtol=1e-5)
+    x, mu = _target_and_decoded_mean(model, state, batch, jax.random.key(3))
+    np.testing.assert_allclose(m["log_px_z"], _np_gaussian_log_px(x, mu, 0.1 if scale else 0.3), rtol=1e-5)
+
+
+def _target_and_decoded_mean(model, state, batch, key):
+  """(x, sigmoid(decoder(z))) in float64, z the one sample of example b from fold_in(key, b)."""
+  mean, logvar = oracle.apply(model, state.params, batch["input"], "posterior")
+  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, b), (1, 2)))[0] for b in range(B)])
+  z = np.asarray(mean) + np.exp(np.asarray(logvar) / 2) * eps
+  mu = np.asarray(jax.nn.sigmoid(model.apply({"params": state.params}, jnp.asarray(z, jnp.float32),
+                                             method="decode_logits")), np.float64)
+  return np.asarray(batch["image"], np.float64), mu
+
+
+def _np_gaussian_log_px(x, mu, sigma):
+  return np.sum(-0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi), axis=(1, 2, 3))
 
 
 def test_optimal_scale_is_each_examples_rms_error_without_a_param():
   cfg, model, state, batch = _setup("vae", **{"vae.likelihood": "gaussian", "vae.scale_fit": "optimal"})
   assert "log_scale" not in state.params
   _, m, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, batch, jax.random.key(3))
-  mean, logvar = oracle.apply(model, state.params, batch["input"], "posterior")
-  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(3), b), (1, 2)))[0]
-                  for b in range(B)])
-  z = np.asarray(mean) + np.exp(np.asarray(logvar) / 2) * eps
-  mu = np.asarray(jax.nn.sigmoid(model.apply({"params": state.params}, jnp.asarray(z, jnp.float32),
-                                             method="decode_logits")), np.float64)
-  x = np.asarray(batch["image"], np.float64)
+  x, mu = _target_and_decoded_mean(model, state, batch, jax.random.key(3))
   sigma = np.sqrt(np.mean((x - mu) ** 2, axis=(1, 2, 3), keepdims=True))  # sigma-VAE's optimum
-  ref = np.sum(-0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi), axis=(1, 2, 3))
-  np.testing.assert_allclose(m["log_px_z"], ref, rtol=1e-5)
+  np.testing.assert_allclose(m["log_px_z"], _np_gaussian_log_px(x, mu, sigma), rtol=1e-5)
   with pytest.raises(ValueError, match=r"^vae.scale_fit='optimal': fits the scale of"):
     objectives.check(oracle.tiny_config("vae", **{"vae.scale_fit": "optimal"}))  # bernoulli has none
 

@@ -98,6 +98,31 @@ def _load(cfg):
 SOURCE = DataSource(_load, needs_dir="a folder written by ae_jax.data.write_array_record", module=__name__)
 
 
+def _write_split(directory: str, split: str, part, per_shard: int, labelled: bool) -> dict:
+  """One split's shards (and labels), read from `part` in chunks: its entry in the metadata."""
+  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
+
+  n, shape = len(part), part.image_shape
+  shards = -(-n // per_shard)
+  names = [f"{split}-{s:05d}-of-{shards:05d}.array_record" for s in range(shards)]
+  # The same digest ArraySource.fingerprint gives these arrays: a run may move from one to the other.
+  digest = hashlib.sha256(str((np.dtype(np.uint8), (n, *shape))).encode())
+  for s, name in enumerate(names):
+    writer = ArrayRecordWriter(os.path.join(directory, name), "group_size:1")  # random access
+    try:
+      for start in range(s * per_shard, min(n, (s + 1) * per_shard), CHUNK):
+        images = np.ascontiguousarray(part[start:min(start + CHUNK, n, (s + 1) * per_shard)])
+        digest.update(images.tobytes())
+        for image in images:
+          writer.write(image.tobytes())
+    finally:
+      writer.close()
+  if labelled:
+    np.save(os.path.join(directory, f"{split}_labels.npy"), part.labels.astype(np.int32))
+    digest.update(np.ascontiguousarray(part.labels.astype(np.int32)).tobytes())
+  return {"num": n, "shards": names, "sha256": digest.hexdigest()}
+
+
 def write_array_record(directory: str, data, shard_bytes: int = SHARD_BYTES) -> str:
   """Writes the train and test splits of `data` as ArrayRecord shards in `directory` (a new folder).
 
@@ -105,8 +130,6 @@ def write_array_record(directory: str, data, shard_bytes: int = SHARD_BYTES) -> 
   uint8 arrays (train_x, train_y, test_x, test_y), labels None or integers.
   Returns the folder; `data.source=array_record` with `data.dir` at it reads it.
   """
-  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
-
   if isinstance(data, Dataset):
     splits = {"train": data.train, "test": data.test}
   else:
@@ -128,25 +151,7 @@ def write_array_record(directory: str, data, shard_bytes: int = SHARD_BYTES) -> 
   meta = {"format": FORMAT, "image_shape": list(shape), "labelled": labelled, "splits": {}}
   per_shard = max(1, shard_bytes // int(np.prod(shape)))
   for split, part in splits.items():
-    n = len(part)
-    shards = -(-n // per_shard)
-    names = [f"{split}-{s:05d}-of-{shards:05d}.array_record" for s in range(shards)]
-    # The same digest ArraySource.fingerprint gives these arrays: a run may move from one to the other.
-    digest = hashlib.sha256(str((np.dtype(np.uint8), (n, *shape))).encode())
-    for s, name in enumerate(names):
-      writer = ArrayRecordWriter(os.path.join(directory, name), "group_size:1")  # random access
-      try:
-        for start in range(s * per_shard, min(n, (s + 1) * per_shard), CHUNK):
-          images = np.ascontiguousarray(part[start:min(start + CHUNK, n, (s + 1) * per_shard)])
-          digest.update(images.tobytes())
-          for image in images:
-            writer.write(image.tobytes())
-      finally:
-        writer.close()
-    if labelled:
-      np.save(os.path.join(directory, f"{split}_labels.npy"), part.labels.astype(np.int32))
-      digest.update(np.ascontiguousarray(part.labels.astype(np.int32)).tobytes())
-    meta["splits"][split] = {"num": n, "shards": names, "sha256": digest.hexdigest()}
+    meta["splits"][split] = _write_split(directory, split, part, per_shard, labelled)
   tmp = os.path.join(directory, META + ".tmp")
   with open(tmp, "w") as f:
     json.dump(meta, f, indent=2)
