@@ -145,6 +145,23 @@ def test_a_flat_folder_is_split_by_a_hash_of_each_path_and_resized_to_its_centre
     _load(source="folder", dir=str(tmp_path / "pics"), test_fraction=0.25)
 
 
+def test_a_folder_is_decoded_once_then_known_by_each_files_size_and_mtime(tmp_path, monkeypatch):
+  monkeypatch.setenv("AE_JAX_CACHE", str(tmp_path / "cache"))
+  for i in range(20):
+    _picture(str(tmp_path / "pics" / f"{i:02d}.png"), np.full((8, 8, 3), 10 * i, np.uint8))
+  first = _load(source="folder", dir=str(tmp_path / "pics"))
+  path = os.path.join(first.train.root, first.train.files[0])
+  st = os.stat(path)
+  with open(path, "wb") as f:  # no picture any more, of the same size and (below) the same mtime
+    f.write(b"\0" * st.st_size)
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+  again = _load(source="folder", dir=str(tmp_path / "pics"))  # taken as unchanged: not decoded again
+  assert again.summary()["sha256"] == first.summary()["sha256"]
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: checked again
+  with pytest.raises(data.DataError, match=f"{os.path.basename(path)}: not a readable picture"):
+    _load(source="folder", dir=str(tmp_path / "pics"))
+
+
 def test_an_unreadable_picture_is_one_line_or_skipped_and_counted(colour, tmp_path):
   root, *_ = colour
   pics = tmp_path / "pics"
