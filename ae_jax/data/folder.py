@@ -130,7 +130,7 @@ SCAN_CHUNK = 4096  # files checked per batch of threads: memory stays flat howev
 class _Checked:
   """What the last start learned of a folder's files, cached (under $AE_JAX_CACHE/folders) by path,
   size and modification time: a file that kept both is not decoded again (as make and rsync judge
-  a file unchanged). Sorted numpy arrays, so 500k files cost tens of MB."""
+  a file unchanged). Sorted numpy arrays of bytes and integers, so 500k files cost tens of MB."""
 
   FIELDS = ("rel", "size", "mtime", "digest", "width", "height", "mode")
 
@@ -138,8 +138,9 @@ class _Checked:
     key = hashlib.sha256(f"{os.path.realpath(root)}\0{split}".encode()).hexdigest()[:24]
     self.path = os.path.join(cache.cache_dir(), "folders", f"{key}.npz")
     old = cache.read_cache(self.path) or {}
-    self.old = old if set(self.FIELDS) <= set(old) else {f: np.zeros(0) for f in self.FIELDS}
-    self.new = {f: [] for f in self.FIELDS}
+    self.old = old if set(self.FIELDS) <= set(old) else {f: np.zeros((0, 32) if f == "digest" else 0)
+                                                          for f in self.FIELDS}
+    self.chunks, self.pending = [], []  # arrays of the checked chunks; the current chunk's rows
 
   def lookup(self, rels: list[str], stats: list) -> list:
     """Per file, (rel, digest, (width, height), mode) if it is as it was, else None."""
@@ -149,17 +150,29 @@ class _Checked:
     for rel, key, i, st in zip(rels, keys, at, stats):
       hit = (st is not None and i < len(old["rel"]) and old["rel"][i] == key
              and old["size"][i] == st.st_size and old["mtime"][i] == st.st_mtime_ns)
-      out.append((rel, str(old["digest"][i]), (int(old["width"][i]), int(old["height"][i])),
-                  str(old["mode"][i])) if hit else None)
+      out.append((rel, old["digest"][i].tobytes().hex(), (int(old["width"][i]), int(old["height"][i])),
+                  bytes(old["mode"][i]).decode()) if hit else None)
     return out
 
   def add(self, result, st) -> None:
     rel, digest, (width, height), mode = result
-    for f, v in zip(self.FIELDS, (rel.encode(), st.st_size, st.st_mtime_ns, digest, width, height, mode)):
-      self.new[f].append(v)
+    self.pending.append((rel.encode(), st.st_size, st.st_mtime_ns, bytes.fromhex(digest), width, height,
+                         mode.encode()))
+
+  def end_chunk(self) -> None:
+    if self.pending:
+      columns = dict(zip(self.FIELDS, zip(*self.pending)))
+      arrays = {f: np.asarray(c) for f, c in columns.items() if f != "digest"}
+      # [n, 32] uint8: numpy's bytes arrays drop trailing zero bytes, which a digest may end with
+      arrays["digest"] = np.frombuffer(b"".join(columns["digest"]), np.uint8).reshape(-1, 32)
+      self.chunks.append(arrays)
+      self.pending = []
 
   def save(self) -> None:
-    arrays = {f: np.asarray(v) for f, v in self.new.items()}
+    self.end_chunk()
+    if not self.chunks:
+      return
+    arrays = {f: np.concatenate([c[f] for c in self.chunks]) for f in self.FIELDS}
     order = np.argsort(arrays["rel"], kind="stable")
     try:
       cache.write_cache(self.path, {f: a[order] for f, a in arrays.items()})
@@ -207,6 +220,7 @@ def _scan(root: str, rels: list[str], cfg, split: str):
           first = (size, mode)
         elif other is None and size != first[0]:
           other = (rel, size)
+      checked.end_chunk()
   checked.save()
   if bad:
     logging.warning("data.dir=%s: skipped %d unreadable %s pictures (first: %s)", root, len(bad), split,
