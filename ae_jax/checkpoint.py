@@ -142,7 +142,7 @@ def set_aside(workdir: str, steps) -> None:
 
 
 def _report(mngr, step: int, e: Exception) -> str:
-  reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+  reason = faults.first_line(e)
   logging.warning("checkpoint at step %d in %s is unreadable (%s); trying an older one",
                   step, mngr.directory, reason)
   return f"step {step}: {reason}"

@@ -70,7 +70,8 @@ CORE = (
           int),
     Field("data_on_device", None, optional(BOOL), FREE,
           "True: training images on the devices once, batches gathered by index; False: read from the "
-          "host for each call (streamed from disk); None: True for an in-memory split up to 4 GiB", bool),
+          "host for each call (streamed from disk); None: True for an in-memory split up to 4 GiB and a "
+          "quarter of a device's memory", bool),
     Field("eval_batch_size", 1000, POSITIVE, FREE, "examples per eval call"),
     Field("log_every_steps", 100, POSITIVE, FREE, "progress line and metrics.jsonl record cadence"),
     Field("checkpoint_every_steps", 1000, POSITIVE, FREE, "also at every epoch end and the last step"),

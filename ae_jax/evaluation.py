@@ -12,7 +12,6 @@ codebook's perplexity and the codes used.
 """
 
 import functools
-import math
 import time
 
 import dm_pix
@@ -135,7 +134,7 @@ def final(model, params, config: ml_collections.ConfigDict, ds: data.Dataset, ev
                          cfg.nll_samples)
     out.update(nll=float(np.mean(nll)), nll_samples=cfg.nll_samples, nll_examples=n)
     if objective.code_length is not None and objective.code_length(config):  # discrete data: bits
-      out["nll_bits_per_dim"] = out["nll"] / (math.log(2) * int(np.prod(target.shape[1:])))
+      out["nll_bits_per_dim"] = float(np.mean(losses.bits_per_dim(-nll, target)))
 
   if not ds.labelled:  # probes and the Fréchet classifier learn from labels
     out["labels"] = "none: no probe accuracies or Fréchet distance"

@@ -15,6 +15,11 @@ PHRASES = {"No space left on device": ERRNOS[errno.ENOSPC], "RESOURCE_EXHAUSTED"
            "Transport endpoint is not connected": ERRNOS[errno.ENOTCONN]}
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+  """An exception's message cut to its first line (or its type's name), for a one-line error."""
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 class EnvironmentFault(OSError):
   """The machine failed a read or write (space, a read-only or vanished filesystem, I/O); one line."""
 

@@ -1,5 +1,7 @@
 """Reconstruction losses, all taking decoder logits so BCE stays stable at saturated pixels."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -24,6 +26,11 @@ def reconstruction_loss(name: str, logits: jax.Array, target: jax.Array) -> jax.
   if name == "bce":
     return bce_from_logits(logits, target)
   raise ValueError(f"loss={name!r}: expected one of {NAMES}")
+
+
+def bits_per_dim(log_p_B, x_BHWC):
+  """-log p(x) in nats per example as bits per pixel and channel."""
+  return -log_p_B / (math.log(2) * math.prod(x_BHWC.shape[1:]))
 
 
 def psnr(mse_value, max_value: float = 1.0):

@@ -25,6 +25,13 @@ def set_fields(c, **dotted):
   return c
 
 
+def data_config(**fields):
+  """config.data with every source's fields at their defaults, then `fields` set."""
+  c = config_lib.get_default().data
+  c.update(fields)
+  return c
+
+
 def tiny_config(objective: str = "ae", **dotted):
   """The default config with the tiny reference model and `objective`; dotted fields as set_fields."""
   c = config_lib.get_default()

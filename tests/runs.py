@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from ae_jax import train
 from conftest import REPO
 
 # Small enough for tests of many reruns; checkpoints every 3 steps and at each epoch.
@@ -25,3 +26,9 @@ def run(cmd, check: bool = True, env=None, timeout: float = 600) -> subprocess.C
   if check:
     assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
+
+
+def assert_same_run(a, b) -> None:
+  """Two workdirs hold the same run: params bit for bit, eval.json and metrics.jsonl (timings aside)."""
+  same = train.compare_runs(str(a), str(b))
+  assert same["params_bit_identical"] and same["eval_json_identical"] and same["metrics_identical"], same

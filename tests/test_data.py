@@ -11,17 +11,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ae_jax import config as config_lib
 from ae_jax import data
 from ae_jax.data import embedded
 from ae_jax.data import tfds as tfds_source
 from conftest import SHARED_MNIST, write_mnist_idx
+import oracle
 
 
 def _cfg(**kw):
-  c = config_lib.get_default().data  # config.data: every source's fields at their defaults
-  c.update({"source": "idx", "download": False, **kw})
-  return c
+  return oracle.data_config(**{"source": "idx", "download": False, **kw})
 
 
 def test_idx_mnist_folder(mnist_dir):

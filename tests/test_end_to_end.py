@@ -18,6 +18,7 @@ import conftest
 from conftest import REPO
 from experiments.configs import dae_mnist
 import oracle
+import runs
 
 # The reference DAE, small: 8 steps per epoch, checkpoints every 5 steps and at each epoch.
 SMALL = {"data.source": "idx", "data.train_size": 256, "data.test_size": 96, "batch_size": 32,
@@ -50,11 +51,6 @@ def _eval(workdir):
 
 def _run(workdir):
   return json.loads((workdir / "run.json").read_text())
-
-
-def _assert_same_run(a, b):
-  same = train.compare_runs(str(a), str(b))  # params bit for bit, eval.json, metrics.jsonl
-  assert same["params_bit_identical"] and same["eval_json_identical"] and same["metrics_identical"], same
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +101,14 @@ def test_outputs_of_a_run(straight):
 
 def test_the_library_call_is_the_command_bit_for_bit(straight, tmp_path, small_idx_dir):
   train.train_and_evaluate(_config(small_idx_dir, num_epochs=2), str(tmp_path))
-  _assert_same_run(straight[0], tmp_path)
+  runs.assert_same_run(straight[0], tmp_path)
 
 
 def test_stop_after_one_epoch_and_rerun_is_bit_identical(straight, tmp_path, small_idx_dir):
   train.train_and_evaluate(_config(small_idx_dir, num_epochs=1), str(tmp_path))
   assert _params(tmp_path)[0] == 8
   train.train_and_evaluate(_config(small_idx_dir, num_epochs=2), str(tmp_path))
-  _assert_same_run(straight[0], tmp_path)
+  runs.assert_same_run(straight[0], tmp_path)
   run = _run(tmp_path)
   assert run["resumed_from_step"] == 8 and run["config"]["num_epochs"] == 2
   assert [r["resumed_from_step"] for r in run["previous"]] == [0]  # the first invocation's record
@@ -130,7 +126,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(straight, tmp_path,
       shutil.rmtree(ckpts / str(s))
   train.train_and_evaluate(_config(small_idx_dir, num_epochs=2), str(workdir))
   assert _run(workdir)["resumed_from_step"] == 10
-  _assert_same_run(straight[0], workdir)
+  runs.assert_same_run(straight[0], workdir)
 
 
 def test_denoising_vae_on_binarised_data_resumes_bit_identically(tmp_path, small_idx_dir):
@@ -140,7 +136,7 @@ def test_denoising_vae_on_binarised_data_resumes_bit_identically(tmp_path, small
   train.train_and_evaluate(_config(small_idx_dir, num_epochs=1, **family), str(tmp_path / "split"))
   train.train_and_evaluate(_config(small_idx_dir, num_epochs=2, **family), str(tmp_path / "split"))
   assert _run(tmp_path / "split")["resumed_from_step"] == 8
-  _assert_same_run(tmp_path / "straight", tmp_path / "split")
+  runs.assert_same_run(tmp_path / "straight", tmp_path / "split")
   result = _eval(tmp_path / "split")
   assert result["elbo"] < 0 < result["kl"] and result["corruption_mse"] > 0
 

@@ -28,12 +28,6 @@ def _run(workdir, *extra, check=True):
   return runs.run(runs.train_command(workdir, extra), check=check)
 
 
-def _same(a, b):
-  result = train.compare_runs(str(a), str(b))
-  assert result["params_bit_identical"] and result["eval_json_identical"] and \
-      result["metrics_identical"], result
-
-
 def _snapshot(path):
   return sorted((os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)))
                 for d, _, files in os.walk(path) for f in files)
@@ -78,7 +72,7 @@ def test_signal_checkpoints_current_step_and_rerun_continues(reference, tmp_path
   if sig == signal.SIGTERM:  # the same handler for each: one rerun shows what a rerun continues
     rerun = _run(workdir)
     assert f"restored checkpoint at step {step}" in rerun.stderr
-    _same(reference[0], workdir)
+    runs.assert_same_run(reference[0], workdir)
 
 
 def _damage(ckpt_dir):
@@ -101,7 +95,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_pat
   assert "checkpoint at step 48" in proc.stderr and "unreadable" in proc.stderr
   assert "restored checkpoint at step 45" in proc.stderr
   assert os.listdir(workdir / "checkpoints_unreadable") == ["48"]  # kept, out of the way
-  _same(reference[0], workdir)
+  runs.assert_same_run(reference[0], workdir)
 
 
 def test_no_readable_checkpoint_is_one_line_and_changes_nothing(reference, tmp_path):
@@ -187,7 +181,7 @@ def test_a_locked_workdir_is_refused_in_one_line_and_left_as_it_was(reference, t
     assert "two runs in one workdir" in line
     assert _snapshot(workdir) == before
   _run(workdir)  # once the holder is gone the run continues (a killed holder releases it too)
-  _same(reference[0], workdir)
+  runs.assert_same_run(reference[0], workdir)
 
 
 def test_two_runs_started_at_once_one_trains_the_other_refuses(reference, tmp_path):
@@ -200,7 +194,7 @@ def test_two_runs_started_at_once_one_trains_the_other_refuses(reference, tmp_pa
   if codes == [0, 2]:
     refused = errs[[p.returncode for p in procs].index(2)]
     assert "is in use by pid" in refused.strip().splitlines()[-1] and "Traceback" not in refused, refused
-  _same(reference[0], workdir)  # metrics.jsonl holds each record once
+  runs.assert_same_run(reference[0], workdir)  # metrics.jsonl holds each record once
 
 
 @pytest.fixture
@@ -232,7 +226,7 @@ def test_a_full_disk_is_one_line_exit_6_and_the_rerun_after_freeing_space_matche
   assert not [f for d, _, fs in os.walk(disk) for f in fs if f.endswith(".tmp")]
   subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space freed
   _run(disk / "run")
-  _same(reference[0], disk / "run")
+  runs.assert_same_run(reference[0], disk / "run")
 
 
 def test_a_write_that_runs_out_of_space_inside_orbax_is_one_fault_without_asyncio_noise(tmpfs):
@@ -298,7 +292,7 @@ def test_a_flipped_bit_in_the_newest_checkpoint_is_found_and_passed_over(referen
   warned = [ln for ln in proc.stderr.splitlines() if "checkpoint at step 48" in ln]
   assert len(warned) == 1 and "unreadable" in warned[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr and "restored checkpoint at step 45" in proc.stderr
-  _same(reference[0], workdir)
+  runs.assert_same_run(reference[0], workdir)
 
 
 def test_the_digests_name_the_array_that_changed(tmp_path):
@@ -357,7 +351,7 @@ def test_a_cut_metrics_jsonl_loses_its_last_line_and_the_rerun_matches(reference
   path.write_bytes(path.read_bytes()[:-40])
   proc = _run(workdir)
   assert "metrics.jsonl: its last line is cut short" in proc.stderr and "Traceback" not in proc.stderr
-  _same(reference[0], workdir)
+  runs.assert_same_run(reference[0], workdir)
 
 
 def test_a_damaged_run_json_is_one_line_saying_how_to_continue(reference, tmp_path):
@@ -369,7 +363,7 @@ def test_a_damaged_run_json_is_one_line_saying_how_to_continue(reference, tmp_pa
   assert f"mv {path} {path}.damaged" in line and _snapshot(workdir) == before
   os.rename(path, f"{path}.damaged")
   _run(workdir)
-  _same(reference[0], workdir)
+  runs.assert_same_run(reference[0], workdir)
 
 
 def test_a_finished_run_without_eval_json_evaluates_its_final_checkpoint_again(reference, tmp_path):
@@ -378,7 +372,7 @@ def test_a_finished_run_without_eval_json_evaluates_its_final_checkpoint_again(r
   (workdir / "eval.json").unlink()
   proc = _run(workdir)
   assert "evaluating the checkpoint at step 48: eval.json is missing" in proc.stderr
-  _same(reference[0], workdir)  # eval.json as before, metrics.jsonl without a second record
+  runs.assert_same_run(reference[0], workdir)  # eval.json as before, metrics.jsonl without a second record
 
 
 def test_other_data_on_resume_is_refused_unless_allowed(tmp_path, embedded_uint8):

@@ -17,6 +17,7 @@ import pytest
 
 from ae_jax import checkpoint, data, metrics, train
 import processes as agreement
+from runs import assert_same_run
 
 distance = metrics.relative_distance
 
@@ -130,8 +131,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_is_bit_iden
   print(f"SIGTERM to process 1: both exited 143 after {seconds:.1f} s, at step {step}")
   agreement.check(_wait(reference))
   agreement.check(_wait(agreement.start(tmp_path / "run", tmp_path, 2, 2, args, "rerun")))
-  same = train.compare_runs(str(tmp_path / "run"), str(tmp_path / "reference"))
-  assert same["params_bit_identical"] and same["eval_json_identical"] and same["metrics_identical"], same
+  assert_same_run(tmp_path / "run", tmp_path / "reference")
 
 
 def test_each_process_reads_only_its_rows_of_a_streamed_source(runs, tmp_path, embedded_uint8):

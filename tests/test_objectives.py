@@ -93,10 +93,11 @@ def test_gaussian_likelihood_fixed_and_learned_scale():
 def _target_and_decoded_mean(model, state, batch, key):
   """(x, sigmoid(decoder(z))) in float64, z the one sample of example b from fold_in(key, b)."""
   mean, logvar = oracle.apply(model, state.params, batch["input"], "posterior")
-  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, b), (1, 2)))[0] for b in range(B)])
+  d = mean.shape[-1]
+  eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, b), (1, d)))[0] for b in range(B)])
   z = np.asarray(mean) + np.exp(np.asarray(logvar) / 2) * eps
-  mu = np.asarray(jax.nn.sigmoid(model.apply({"params": state.params}, jnp.asarray(z, jnp.float32),
-                                             method="decode_logits")), np.float64)
+  logits = oracle.apply(model, state.params, jnp.asarray(z, jnp.float32), "decode_logits")
+  mu = np.asarray(jax.nn.sigmoid(logits), np.float64)
   return np.asarray(batch["image"], np.float64), mu
 
 

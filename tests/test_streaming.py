@@ -15,6 +15,7 @@ from ae_jax import config as config_lib
 from ae_jax import data, train
 from ae_jax.data import folder, records, shapes
 import oracle
+import runs
 
 SIZE = 16  # pictures of SIZE x SIZE x 3: two stride-2 levels of the reference model divide it
 N_TRAIN, N_TEST = 192, 48
@@ -40,10 +41,7 @@ def colour(tmp_path_factory):
 
 
 def _load(**fields):
-  c = config_lib.get_default()
-  for k, v in fields.items():
-    c.data[k] = v
-  return data.load(c.data)
+  return data.load(oracle.data_config(**fields))
 
 
 def test_array_record_shards_read_back_what_was_written(colour):
@@ -207,8 +205,7 @@ def test_runs_streamed_from_shards_and_pictures_equal_the_in_memory_run_and_resu
   train.train_and_evaluate(_config(num_epochs=2, **{"data.source": "folder", "data.dir": str(root / "png")}),
                            str(pictures))
   for other in (split, pictures):
-    same = train.compare_runs(str(memory), str(other))
-    assert same["params_bit_identical"] and same["eval_json_identical"] and same["metrics_identical"], same
+    runs.assert_same_run(memory, other)
   with open(pictures / "metrics.jsonl") as f:
     waits = [json.loads(line)["data_wait"] for line in f if '"train"' in line]
   assert waits and all(0 <= w < 1 for w in waits)

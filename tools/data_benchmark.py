@@ -25,6 +25,7 @@ import time
 from absl import app, flags
 import numpy as np
 
+from ae_jax import metrics
 from tools import whole_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +90,7 @@ def measure_read(source: str, directory: str, workers: int, batches: int) -> dic
   return {"source": source, "num_train": len(ds.train), "workers": workers, "open_s": round(opened, 1),
           "images_per_s": round((batches - 1) * BATCH / seconds),
           # VmHWM, not getrusage's ru_maxrss: Linux carries that across exec from the parent.
-          "peak_rss_mib": whole_process._peak_rss_mib(os.getpid())}  # pylint: disable=protected-access
+          "peak_rss_mib": whole_process.peak_rss_mib(os.getpid())}
 
 
 def measure_training(source: str, directory: str, workdir: str, train_size: int) -> dict:
@@ -103,12 +104,12 @@ def measure_training(source: str, directory: str, workdir: str, train_size: int)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=log)
     peak = 0
     while proc.poll() is None:
-      peak = max(peak, whole_process._peak_rss_mib(proc.pid) or 0)  # pylint: disable=protected-access
+      peak = max(peak, whole_process.peak_rss_mib(proc.pid) or 0)
       time.sleep(0.2)
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed: see {workdir}.log")
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    train = [r for r in map(json.loads, f) if r["kind"] == "train"][1:]  # the first window holds the compile
+  records = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train = [r for r in records if r["kind"] == "train"][1:]  # the first window holds the compile
   rate = float(np.median([r["images_per_sec"] for r in train]))
   return {"source": source, "train_images_per_s": round(rate),
           "data_wait": round(float(np.median([r["data_wait"] for r in train])), 4), "peak_rss_mib": peak}

@@ -47,7 +47,7 @@ _FIRST = re.compile(r"first step done")
 _LAST = re.compile(r"step (\d+)/(\d+)")
 
 
-def _peak_rss_mib(pid: int) -> int | None:
+def peak_rss_mib(pid: int) -> int | None:
   """The process's peak resident memory since its exec (VmHWM), while it runs; Linux only."""
   try:
     with open(f"/proc/{pid}/status") as f:
@@ -72,7 +72,7 @@ def run_timed(argv: list[str], log_path: str) -> dict:
 
     def poll():
       while proc.poll() is None:
-        peak[0] = max(peak[0], _peak_rss_mib(proc.pid) or 0)
+        peak[0] = max(peak[0], peak_rss_mib(proc.pid) or 0)
         time.sleep(0.05)
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()

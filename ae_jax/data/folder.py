@@ -47,12 +47,8 @@ FIELDS = (
 
 def _pictures(root: str) -> list[str]:
   """Paths of the pictures under root, relative to it, sorted."""
-  out = []
-  for d, subdirs, files in os.walk(root):
-    subdirs.sort()
-    out += [os.path.relpath(os.path.join(d, f), root) for f in sorted(files)
-            if f.lower().endswith(EXTENSIONS)]
-  return sorted(out)
+  return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files
+                if f.lower().endswith(EXTENSIONS))
 
 
 def _hashed_test(path: str, fraction: float) -> bool:

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from ae_jax import faults, metrics
 from ae_jax.data.source import DataError, Dataset, DataSource, StreamSource, check_split
 
 META = "ae_jax_records.json"
@@ -41,7 +42,7 @@ class RecordSplit(StreamSource):
     try:
       self._records = sources.ArrayRecordDataSource(paths)
     except Exception as e:  # pylint: disable=broad-except  # array_record raises bare RuntimeErrors
-      raise DataError(f"{directory}: cannot open the {split} shards ({_first_line(e)})") from None
+      raise DataError(f"{directory}: cannot open the {split} shards ({faults.first_line(e, 200)})") from None
     if len(self._records) != info["num"]:
       raise DataError(f"{directory}: the {split} shards hold {len(self._records)} records, "
                       f"{META} says {info['num']}")
@@ -51,7 +52,7 @@ class RecordSplit(StreamSource):
       try:
         labels = np.load(path, allow_pickle=False)
       except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the {split} labels ({_first_line(e)})") from None
+        raise DataError(f"{path}: cannot read the {split} labels ({faults.first_line(e, 200)})") from None
       if labels.shape != (info["num"],):
         raise DataError(f"{directory}/{split}_labels.npy: {labels.shape[0]} labels for {info['num']} images")
     super().__init__(info["num"], labels, info["sha256"])
@@ -66,10 +67,6 @@ class RecordSplit(StreamSource):
     return np.frombuffer(b"".join(raw), np.uint8).reshape(len(flat), *self.image_shape)
 
 
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
 def read_meta(directory: str) -> dict:
   path = os.path.join(directory, META)
   if not os.path.isdir(directory):
@@ -81,7 +78,7 @@ def read_meta(directory: str) -> dict:
     raise DataError(f"data.dir={directory!r}: no {META} (write the shards with "
                     "ae_jax.data.write_array_record; an unfinished write leaves none)") from None
   except (OSError, json.JSONDecodeError) as e:
-    raise DataError(f"{path}: cannot read ({_first_line(e)})") from None
+    raise DataError(f"{path}: cannot read ({faults.first_line(e, 200)})") from None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT or "image_shape" not in meta:
     got = meta.get("format") if isinstance(meta, dict) else None
     raise DataError(f"{path}: format {got!r} or no image_shape; this ae_jax reads format {FORMAT}")
@@ -152,8 +149,5 @@ def write_array_record(directory: str, data, shard_bytes: int = SHARD_BYTES) -> 
   per_shard = max(1, shard_bytes // int(np.prod(shape)))
   for split, part in splits.items():
     meta["splits"][split] = _write_split(directory, split, part, per_shard, labelled)
-  tmp = os.path.join(directory, META + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, os.path.join(directory, META))
+  metrics.write_json(os.path.join(directory, META), meta)  # whole or not at all, last
   return directory

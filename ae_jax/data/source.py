@@ -97,7 +97,6 @@ class StreamSource:
   def __init__(self, n: int, labels_N: np.ndarray | None, fingerprint: str):
     self._n, self._fingerprint = n, fingerprint
     self.labels = None if labels_N is None else np.asarray(labels_N, np.int32)[:n]
-    self.reads = 0  # examples read so far (tests check that a process reads only its rows)
 
   def __len__(self) -> int:
     return self._n
@@ -108,7 +107,6 @@ class StreamSource:
 
   def __getitem__(self, index) -> np.ndarray:
     flat, lead = flat_indices(index, self._n)
-    self.reads += len(flat)
     if not len(flat):
       return np.zeros((*lead, *self.image_shape), np.uint8)
     return self._read(flat).reshape(*lead, *self.image_shape)

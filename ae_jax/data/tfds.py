@@ -48,9 +48,7 @@ class TfdsSplit(StreamSource):
   def labels(self):
     """Read on first use (the probes and the Fréchet classifier), without decoding an image."""
     if self._labelled and self._labels is None:
-      self._labels = np.asarray([int(e["label"]) for start in range(0, len(self._source), 4096)
-                                 for e in self._source.__getitems__(
-                                     list(range(start, min(start + 4096, len(self._source)))))], np.int32)
+      self._labels = np.asarray([int(e["label"]) for e in _examples(self._source, 4096)], np.int32)
     return None if self._labels is None else self._labels[:self._n]
 
   @labels.setter
@@ -99,18 +97,27 @@ def _cache_path(builder, split: str, size: int | None) -> str:
   return os.path.join(cache.cache_dir(), "tfds", f"{name}-{where}-{split}-{prefix}.npz")
 
 
-def _read_split(builder, split: str, size: int | None, batch: int = 1024):
+def _examples(source, batch: int = 1024):
+  """Every example of a TFDS data source, read `batch` at a time."""
+  for start in range(0, len(source), batch):
+    yield from source.__getitems__(list(range(start, min(start + batch, len(source)))))
+
+
+def _check_size(builder, split: str, size: int | None) -> None:
+  available = builder.info.splits[split].num_examples
+  if size is not None and size > available:
+    raise DataError(f"data.{split}_size={size}: must be in [1, {available}] for tfds:{builder.name}")
+
+
+def _read_split(builder, split: str, size: int | None):
   """(images, labels or None) of the first `size` examples of a prepared split, decoded once and cached."""
   path = _cache_path(builder, split, size)
   cached = cache.read_cache(path)
   if cached is not None:
     return cached["images"], cached.get("labels")
-  available = builder.info.splits[split].num_examples
-  if size is not None and size > available:
-    raise DataError(f"data.{split}_size={size}: must be in [1, {available}] for tfds:{builder.name}")
+  _check_size(builder, split, size)
   source = builder.as_data_source(split=split if size is None else f"{split}[:{size}]")
-  examples = [e for start in range(0, len(source), batch)
-              for e in source.__getitems__(list(range(start, min(start + batch, len(source)))))]
+  examples = list(_examples(source))
   if not examples or "image" not in examples[0]:
     raise DataError(f"TFDS dataset {builder.name!r}: expected examples with an 'image' feature")
   arrays = {"images": np.stack([np.asarray(e["image"]) for e in examples])}
@@ -159,9 +166,7 @@ def _load(cfg):
     stream = size * int(np.prod(_image_shape(builder))) > STREAM_BYTES
   if stream:
     for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
-      available = builder.info.splits[split].num_examples
-      if size is not None and size > available:
-        raise DataError(f"data.{split}_size={size}: must be in [1, {available}] for {where}")
+      _check_size(builder, split, size)
     return (TfdsSplit(builder, "train", cfg.train_size, cfg.workers),
             TfdsSplit(builder, "test", cfg.test_size, cfg.workers), where + " (streamed)")
   return (check_split(*_read_split(builder, "train", cfg.train_size), where, "train"),

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ae_jax import fields
+from ae_jax import fields, losses
 from ae_jax.models import Head
 from ae_jax.objectives.objective import Objective, per_example_keys
 
@@ -90,11 +90,6 @@ def log_likelihood(likelihood: str, logits_NHWC: jax.Array, x_NHWC: jax.Array,
   return jnp.sum(per_pixel.reshape(per_pixel.shape[0], -1), axis=-1)
 
 
-def bits_per_dim(log_p_B: jax.Array, x_BHWC: jax.Array) -> jax.Array:
-  """-log p(x) in nats per example as bits per pixel and channel."""
-  return -log_p_B / (math.log(2) * math.prod(x_BHWC.shape[1:]))
-
-
 class VaeParts(NamedTuple):
   """Samples from q(z|x) per example: what the ELBO, the IWAE bound and the NLL are made of."""
 
@@ -164,7 +159,7 @@ def vae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str, scale
   metrics = {"loss": loss_B, "mse": parts.mse[:, 0], "elbo": log_px_z - kl_B, "kl": kl_B,
              "log_px_z": log_px_z}
   if likelihood == "discretized_gaussian":
-    metrics["bits_per_dim"] = bits_per_dim(log_px_z - kl_B, batch["image"])  # of the ELBO: a bound
+    metrics["bits_per_dim"] = losses.bits_per_dim(log_px_z - kl_B, batch["image"])  # of the ELBO: a bound
   return loss_B, metrics, {}
 
 

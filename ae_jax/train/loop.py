@@ -175,12 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       fault = faults.describe(e)
       if fault is None or isinstance(e, faults.EnvironmentFault):
         raise
-      raise faults.EnvironmentFault(f"{fault} ({_first_line(e)}); the last complete checkpoint is kept: "
-                                    "fix the machine and rerun the same command") from None
-
-
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise faults.EnvironmentFault(f"{fault} ({faults.first_line(e)}); the last complete checkpoint is "
+                                    "kept: fix the machine and rerun the same command") from None
 
 
 def _run(config, workdir, allow_config_change, started, devices, place, ds, data_sha256, model, keys,
@@ -241,17 +237,18 @@ def _loop(config, stop, mngr, writer, evaluator, place, steps, ds, keys, schedul
   step = place.compile(steps.train)
   table = place.put_table({"image": ds.train[:]}) if data.on_device(config.data_on_device, ds.train) else None
 
+  taken = hashlib.sha256()  # the indices of the examples this process fed, said at the end
+
   def read(call):  # this process's rows of each global batch: indices, or their images from the host
     rows = call.indices_KB[:, place.local_rows]
+    taken.update(np.ascontiguousarray(rows, np.int64).tobytes())  # in call order: one reading thread
     return {"index": rows} if table is not None else {"image": ds.train[rows]}
 
   dstate, pending, last_eval = place.put_state(state), [], None
-  taken = hashlib.sha256()  # the indices of the examples this process fed, said at the end
   ahead = data.prefetch(read, schedule.calls(start_step), on_wait=window.add_wait)
   with contextlib.closing(ahead):  # however the loop ends (a signal, a NaN), its thread stops reading
     for calls, (call, batches) in enumerate(ahead, 1):
       dstate, device_metrics = step(dstate, place.put_batches(batches), keys["train"], table)
-      taken.update(np.ascontiguousarray(call.indices_KB[:, place.local_rows], np.int64).tobytes())
       if calls == 1 and chief:
         _report_first_step(device_metrics, started)
       pending.append((call.start, device_metrics))
@@ -316,4 +313,4 @@ def _close(mngr, writer, failed: bool) -> None:
     except Exception as e:  # pylint: disable=broad-except
       if not failed:
         raise
-      logging.warning("while stopping: %s", _first_line(e))
+      logging.warning("while stopping: %s", faults.first_line(e))
