@@ -109,7 +109,8 @@ class Lock:
 
   fcntl.flock: the kernel releases it when the holder's process ends, however it
   ends (kill -9 too), so a stopped run never leaves a stale lock. The file holds
-  the holder's pid, host and start time for the refusal's message. Every process
+  the holder's pid, host and start time for the refusal's message while it is held
+  (empty once released; a killed holder's line stays until the next run takes it). Every process
   of a multi-process run learns whether its chief got the lock.
   """
 
@@ -148,7 +149,11 @@ class Lock:
 
   def __exit__(self, *exc):
     if self._fd is not None:
-      os.close(self._fd)  # releases the lock; the file stays, with the last holder's line
+      try:  # a released lock names no holder: a run that only read the workdir leaves it as it was
+        os.ftruncate(self._fd, 0)
+      except OSError:
+        pass  # a vanished or read-only filesystem: the kernel releases the lock all the same
+      os.close(self._fd)  # releases the lock
       self._fd = None
 
 
