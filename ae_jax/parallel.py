@@ -17,10 +17,12 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
+import orbax.checkpoint as ocp
 
 AXIS = "data"
 MODES = ("jit", "pmap", "mesh")
 JOIN_TIMEOUT_EXIT = 5
+BARRIER_TIMEOUT_S = 3600  # a slow compile; a process that dies ends the others sooner (peer_timeout_s)
 
 
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
@@ -100,6 +102,34 @@ def multi_step(step_fn: Callable, state, batches, key, table=None, **kwargs):
   return jax.lax.scan(lambda s, b: step_fn(s, gather(table, b), key, **kwargs), state, batches)
 
 
+def wait_for_every_process(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """A barrier on the coordination service (not a collective, so no 30 s gloo deadline); unique names."""
+  ocp.multihost.get_barrier_sync_fn()(key=f"ae_jax: {name}", timeout_ms=timeout_s * 1000)
+
+
+def compiled_together(jitted: Callable) -> Callable:
+  """`jitted`, compiled for each new input shape by every process before any runs it.
+
+  XLA:CPU's gloo collectives wait 30 s for a peer: a process that compiles slower
+  than the others (a busy host) would otherwise make them fail in the first
+  collective. Every process sees the same shapes in the same order (the
+  schedule is a function of the position), so the barriers pair up.
+  """
+  if jax.process_count() == 1:
+    return jitted
+  compiled = []
+
+  def call(*args):
+    leaves, treedef = jax.tree.flatten(args)
+    shapes = (treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
+    if shapes not in compiled:
+      jitted.lower(*args).compile()  # cached: the call below reuses this executable
+      compiled.append(shapes)
+      wait_for_every_process(f"step compiled for input shapes {len(compiled)}")
+    return jitted(*args)
+  return call
+
+
 def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
@@ -127,8 +157,8 @@ class MeshPlacement:
   def compile(self, step_fn: Callable) -> Callable:
     """step(state, batches, key, table) -> (state, metrics [K]) over K stacked batches; state donated."""
     r = self._replicated
-    return jax.jit(functools.partial(multi_step, step_fn), donate_argnums=0,
-                   in_shardings=(r, self._batches, r, r), out_shardings=(r, r))
+    return compiled_together(jax.jit(functools.partial(multi_step, step_fn), donate_argnums=0,
+                                     in_shardings=(r, self._batches, r, r), out_shardings=(r, r)))
 
   def put_state(self, tree):
     """Replicated on every device; also the dataset table (put_table)."""

@@ -36,7 +36,24 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(workdir, log_dir, processes: int, devices: int, extra=(), tag="run"):
+# experiments.train, with the last process's train step compiled `seconds` late (a busy host).
+LATE_COMPILE = """
+import functools, runpy, sys, time
+import jax
+from ae_jax import parallel
+jit, seconds = jax.jit, float(sys.argv.pop(1))
+
+def late_jit(fun, *args, **kwargs):
+  if isinstance(fun, functools.partial) and fun.func is parallel.multi_step:
+    time.sleep(seconds)
+  return jit(fun, *args, **kwargs)
+
+jax.jit = late_jit
+runpy.run_module("experiments.train", run_name="__main__")
+"""
+
+
+def start(workdir, log_dir, processes: int, devices: int, extra=(), tag="run", late_compile_s=0.0):
   """Starts `processes` copies of experiments.train; returns [(Popen, log path)]."""
   port = free_port()
   env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu"}
@@ -45,9 +62,11 @@ def start(workdir, log_dir, processes: int, devices: int, extra=(), tag="run"):
     dist = [] if processes == 1 else [f"--num_processes={processes}", f"--process_id={i}",
                                       f"--coordinator_address=127.0.0.1:{port}"]
     log = os.path.join(log_dir, f"{tag}.{i}.log")
+    late = i == processes - 1 and late_compile_s
+    command = ["-c", LATE_COMPILE, str(late_compile_s)] if late else ["-m", "experiments.train"]
     with open(log, "w") as f:  # a file, not a pipe: a full pipe would stall the process
-      p = subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdir}",
-                            *extra, *dist], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+      p = subprocess.Popen([sys.executable, *command, *ARGS, f"--workdir={workdir}", *extra, *dist],
+                           cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     started.append((p, log))
   return started
 

@@ -97,6 +97,14 @@ def test_a_killed_peer_stops_the_other_process(tmp_path):
   assert time.monotonic() - t < 60
 
 
+def test_a_process_that_compiles_its_step_late_does_not_fail_the_other(tmp_path):
+  # gloo's collectives wait 30 s for a peer; without the barrier after compiling,
+  # process 0 fails its first step ("Gloo context initialization failed").
+  started = agreement.start(tmp_path / "w", tmp_path, 2, 2, list(agreement.MESH), "late", late_compile_s=35)
+  agreement.check(_wait(started))
+  assert checkpoint.read_latest(str(tmp_path / "w"))[0] == 4
+
+
 def test_a_missing_peer_is_a_one_line_error_after_the_timeout(tmp_path):
   started = agreement.start(tmp_path / "w", tmp_path, 2, 2, ["--distributed_timeout_s=3"], "missing")
   started[1][0].kill()  # process 1 never joins
