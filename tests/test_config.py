@@ -26,7 +26,7 @@ WRONG = {"seed": -1, "objective": "gan", "plugins": ("",), "loss": "l1", "batch_
          "data.image_size": 0, "data.channels": 4, "data.test_fraction": 1.0, "data.workers": 0,
          "data.skip_bad": "yes",
          "model.num_codes": 0, "vae.likelihood": "poisson", "vae.scale": 0.0, "vae.scale_fit": "adam",
-         "vae.beta": -1.0,
+         "vae.scale_decay": 1.0, "vae.beta": -1.0,
          "vae.kl_warmup_steps": -5, "vae.num_samples": 0, "sparse.penalty": "l2", "sparse.weight": -1e-3,
          "sparse.target": 1.0, "contractive.weight": "high", "vq.commitment": -0.25, "vq.ema_decay": 1.5,
          "data.binarize": "static", "eval.final": "yes", "eval.nll_samples": 0, "eval.nll_examples": 0,

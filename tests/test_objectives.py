@@ -116,6 +116,33 @@ def test_optimal_scale_is_each_examples_rms_error_without_a_param():
     objectives.check(oracle.tiny_config("vae", **{"vae.scale_fit": "optimal"}))  # bernoulli has none
 
 
+def test_ema_scale_is_set_to_each_channels_rms_error_of_the_training_batches():
+  cfg = oracle.tiny_config("vae", **{"vae.likelihood": "discretized_gaussian", "vae.scale_fit": "ema",
+                                     "vae.scale_decay": 0.9})
+  model = train.build_model(cfg, (8, 8, 3))
+  state = train.create_train_state(model, cfg, jax.random.key(0))
+  chex.assert_trees_all_equal(state.params["log_scale"], jnp.zeros(3))
+  k = np.asarray(jax.random.randint(jax.random.key(1), (B, 8, 8, 3), 0, 256))
+  x = (k * np.array([1.0, 0.5, 0.1]) / 255).astype(np.float32)  # the channels' errors differ
+  key = jax.random.key(2)
+  new, _ = jax.jit(train.bind_steps(cfg, model).train)(state, {"image": x}, key)
+  # The step's sample of each example, decoded independently; one step of the EMA from 1 pseudo-pixel.
+  _, objective_key = train.split_step_key(jax.random.fold_in(key, 0))
+  x64, mu = _target_and_decoded_mean(model, state, {"image": x, "input": x}, objective_key)
+  sse_C = np.sum((x64 - mu) ** 2, axis=(0, 1, 2))
+  expected = 0.5 * np.log((0.9 * 1 + 0.1 * sse_C) / (0.9 * 1 + 0.1 * B * 64))
+  np.testing.assert_allclose(new.params["log_scale"], expected, rtol=1e-5)
+  assert len(set(np.round(expected, 2))) == 3
+  # No gradient reaches it (the EMA sets it); the eval's likelihood uses it as a fixed param.
+  objective = objectives.bind(cfg, model.apply)
+  grads = jax.grad(lambda p: jnp.mean(objective(p, {"image": x, "input": x, "position": jnp.arange(B)},
+                                                key)[0]))(state.params)
+  assert np.all(grads["log_scale"] == 0)
+  with pytest.raises(ValueError, match=r"^vae.scale_fit='optimal': fits the scale of vae.likelihood="):
+    objectives.check(oracle.tiny_config("vae", **{"vae.likelihood": "discretized_gaussian",
+                                                  "vae.scale_fit": "optimal"}))
+
+
 def test_discretized_gaussian_is_the_normal_mass_of_each_8bit_bin():
   from scipy import stats  # pylint: disable=g-import-not-at-top
 

@@ -45,8 +45,8 @@ def padded_shape(image_shape: Sequence[int], factor: int) -> tuple[int, int, int
 
 class Autoencoder(nn.Module):
   """Encoder + Decoder. Params are {'encoder': ..., 'decoder': ...}, each loadable on its own,
-  plus 'codebook' [num_codes, latent_dim] for a grid latent and 'log_scale' for a learned
-  likelihood scale.
+  plus 'codebook' [num_codes, latent_dim] for a grid latent and 'log_scale' (a scalar, or [C]) for
+  a likelihood's scale param.
 
   `encode` gives the representation (z_BD; the posterior mean for a gaussian
   latent; the unquantised grid z_BhwD), `decode` maps it back (quantising a
@@ -72,7 +72,8 @@ class Autoencoder(nn.Module):
       self.codebook = self.param("codebook", nn.initializers.variance_scaling(1.0, "fan_in", "uniform"),
                                  (self.num_codes, self.latent_dim))
     if self.head.learned_scale:
-      self.log_scale = self.param("log_scale", nn.initializers.zeros, ())
+      shape = (self.image_shape[-1],) if self.head.per_channel_scale else ()
+      self.log_scale = self.param("log_scale", nn.initializers.zeros, shape)
 
   @property
   def latent(self) -> str:

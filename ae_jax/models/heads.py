@@ -19,10 +19,12 @@ LATENTS = ("dense", "gaussian", "grid")
 
 @dataclasses.dataclass(frozen=True)
 class Head:
-  """The latent an objective needs, and whether its likelihood has a learned scale (one param)."""
+  """The latent an objective needs, and whether its likelihood has a scale param (one, or one per
+  channel)."""
 
   latent: str = "dense"
   learned_scale: bool = False
+  per_channel_scale: bool = False
 
   def __post_init__(self):
     if self.latent not in LATENTS:

@@ -18,6 +18,7 @@ from ae_jax.objectives.objective import Objective, per_example_keys
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_gaussian")
 SCALED = ("gaussian", "discretized_gaussian")  # the likelihoods with a scale (learned or vae.scale)
+SCALE_FITS = ("learned", "optimal", "ema")
 _LOG_2PI = math.log(2 * math.pi)
 
 LIKELIHOOD_FIELDS = (
@@ -28,10 +29,15 @@ LIKELIHOOD_FIELDS = (
     fields.Field("vae.scale", None, fields.optional(fields.POSITIVE_NUMBER), fields.NEVER,
                  "vae, iwae with a (discretized) gaussian likelihood: the pixels' std; None: fitted as "
                  "vae.scale_fit says", float),
-    fields.Field("vae.scale_fit", "learned", fields.one_of("learned", "optimal"), fields.NEVER,
+    fields.Field("vae.scale_fit", "learned", fields.one_of(*SCALE_FITS), fields.NEVER,
                  "with vae.scale=None: `learned`, one param trained by the optimizer (at its pace, ~lr "
                  "per step); `optimal`, each example's maximum-likelihood std, sqrt of its MSE (sigma-VAE, "
-                 "Rybkin et al. 2021), no param"),
+                 "Rybkin et al. 2021), no param, gaussian only; `ema`, one std per channel set each step "
+                 "to the RMS error of recent training batches (an EMA of vae.scale_decay), a param fit on "
+                 "training data, so test bits/dim stay a code length"),
+    fields.Field("vae.scale_decay", 0.99, fields.OPEN_FRACTION, fields.ALLOW,
+                 "vae.scale_fit='ema': the decay of the squared-error EMA (it follows ~1/(1 - decay) steps)",
+                 float),
 )
 VAE_FIELDS = (
     fields.Field("vae.beta", 1.0, fields.NON_NEGATIVE_NUMBER, fields.ALLOW,
@@ -97,24 +103,61 @@ class VaeParts(NamedTuple):
   log_pz: jax.Array  # [B, k] log p(z)
   log_qz_x: jax.Array  # [B, k] log q(z|x)
   mse: jax.Array  # [B, k] of the decoder's mean
+  sq_err_BC: jax.Array | None = None  # squared errors of the decoder's mean summed over pixels, mean over k
 
 
 MIN_OPTIMAL_SCALE = 1e-3  # vae.scale_fit='optimal': a perfect reconstruction must not give -inf
 
 
 def _log_scale(likelihood: str, params, scale, logits_NHWC, x_NHWC):
-  """log sigma: fixed (a number), the learned param (None) or each example's optimum ('optimal')."""
+  """log sigma: fixed (a number), the learned param (None), each example's optimum ('optimal') or
+  the per-channel param that scale_ema sets ('ema': no gradient)."""
   if likelihood not in SCALED:
     return None
   if scale == "optimal":  # sigma-VAE: argmax_sigma of the Gaussian likelihood is the RMS error
     mse_N = jnp.mean(jnp.square(jax.nn.sigmoid(logits_NHWC) - x_NHWC), axis=(1, 2, 3), keepdims=True)
     return jax.lax.stop_gradient(0.5 * jnp.log(jnp.maximum(mse_N, MIN_OPTIMAL_SCALE**2)))
+  if scale == "ema":
+    return jax.lax.stop_gradient(params["log_scale"])
   return params["log_scale"] if scale is None else jnp.log(jnp.asarray(scale, jnp.float32))
 
 
 def scale_arg(c):
-  """What the bound functions take as `scale`: vae.scale, or 'optimal' (vae.scale_fit)."""
-  return "optimal" if c.vae.scale is None and c.vae.scale_fit == "optimal" else c.vae.scale
+  """What the bound functions take as `scale`: vae.scale, or vae.scale_fit's 'optimal' or 'ema'."""
+  return c.vae.scale_fit if c.vae.scale is None and c.vae.scale_fit != "learned" else c.vae.scale
+
+
+def scale_stats(parts: VaeParts, scale, x_BHWC: jax.Array) -> dict:
+  """What scale_ema needs (summed over the global batch by the train step), for scale='ema'."""
+  if scale != "ema":
+    return {}
+  pixels_B = jnp.full(x_BHWC.shape[:1], x_BHWC.shape[1] * x_BHWC.shape[2], jnp.float32)
+  return {"scale_sq_err": jax.lax.stop_gradient(parts.sq_err_BC), "scale_pixels": pixels_B}
+
+
+class ScaleEmaState(NamedTuple):
+  sq_err_C: jax.Array  # EMA of the squared errors per channel, summed over pixels and examples
+  pixels: jax.Array  # EMA of the number of pixels they sum over
+
+
+def scale_ema(decay: float) -> optax.GradientTransformationExtraArgs:
+  """Replaces the update of params['log_scale'] (per channel) by log sqrt(EMA of squared error / EMA
+  of pixel count) over the training batches (`scale_sq_err`, `scale_pixels`): the maximum-likelihood
+  std of a Gaussian, fit in closed form as the VQ-VAE's EMA codebook is. Starts as one pseudo-pixel
+  of squared error exp(2 log_scale) per channel, which the first batch outweighs."""
+  def init(params):
+    return ScaleEmaState(jnp.exp(2 * params["log_scale"]), jnp.ones((), jnp.float32))
+
+  def update(updates, state, params, *, scale_sq_err=None, scale_pixels=None, **extra):
+    del extra
+    if scale_sq_err is None:  # called without statistics (e.g. an optimizer test): leave the scale
+      return updates, state
+    sq = decay * state.sq_err_C + (1 - decay) * scale_sq_err
+    pixels = decay * state.pixels + (1 - decay) * scale_pixels
+    log_scale = 0.5 * jnp.log(jnp.maximum(sq / pixels, MIN_OPTIMAL_SCALE**2))
+    return {**updates, "log_scale": log_scale - params["log_scale"]}, ScaleEmaState(sq, pixels)
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def sample_parts(params, x_BHWC: jax.Array, target_BHWC: jax.Array, keys_B: jax.Array, num_samples: int,
@@ -129,10 +172,12 @@ def sample_parts(params, x_BHWC: jax.Array, target_BHWC: jax.Array, keys_B: jax.
   target = jnp.repeat(target_BHWC, num_samples, axis=0)
   log_scale = _log_scale(likelihood, params, scale, logits, target)
   log_px_z = log_likelihood(likelihood, logits, target, log_scale).reshape(b, num_samples)
-  mse = jnp.mean(jnp.square(jax.nn.sigmoid(logits) - target).reshape(b * num_samples, -1), -1)
+  sq_err = jnp.square(jax.nn.sigmoid(logits) - target)
+  mse = jnp.mean(sq_err.reshape(b * num_samples, -1), -1)
+  sq_err_BC = jnp.mean(jnp.sum(sq_err, axis=(1, 2)).reshape(b, num_samples, -1), axis=1)
   log_pz = gaussian_log_density(z_BKD, 0.0, jnp.zeros_like(z_BKD))
   log_qz_x = gaussian_log_density(z_BKD, mean_BD[:, None], logvar_BD[:, None])
-  return VaeParts(log_px_z, log_pz, log_qz_x, mse.reshape(b, num_samples)), mean_BD, logvar_BD
+  return VaeParts(log_px_z, log_pz, log_qz_x, mse.reshape(b, num_samples), sq_err_BC), mean_BD, logvar_BD
 
 
 def kl_weight(beta: float, warmup_steps: int, step) -> jax.Array:
@@ -160,7 +205,7 @@ def vae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str, scale
              "log_px_z": log_px_z}
   if likelihood == "discretized_gaussian":
     metrics["bits_per_dim"] = losses.bits_per_dim(log_px_z - kl_B, batch["image"])  # of the ELBO: a bound
-  return loss_B, metrics, {}
+  return loss_B, metrics, scale_stats(parts, scale, batch["image"])
 
 
 def iwae_bound(parts: VaeParts) -> jax.Array:
@@ -181,7 +226,7 @@ def iwae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str, scal
   bound_B = iwae_bound(parts)
   kl_B = gaussian_kl(mean_BD, logvar_BD)
   return -bound_B, {"loss": -bound_B, "mse": parts.mse[:, 0], "iwae_bound": bound_B, "kl": kl_B,
-                    "elbo": parts.log_px_z[:, 0] - kl_B}, {}
+                    "elbo": parts.log_px_z[:, 0] - kl_B}, scale_stats(parts, scale, batch["image"])
 
 
 def log_weights(params, x_BHWC, position_B, key, num_samples: int, *, apply_fn, likelihood: str, scale):
@@ -192,19 +237,28 @@ def log_weights(params, x_BHWC, position_B, key, num_samples: int, *, apply_fn, 
 
 
 def head(c) -> Head:
-  """A Gaussian posterior; a learned scale for a Gaussian likelihood without a fixed one."""
-  return Head("gaussian", learned_scale=(c.vae.likelihood in SCALED and c.vae.scale is None
-                                         and c.vae.scale_fit == "learned"))
+  """A Gaussian posterior; a scale param for a Gaussian likelihood without a fixed one (per channel
+  for scale_fit='ema')."""
+  param = c.vae.likelihood in SCALED and c.vae.scale is None and c.vae.scale_fit != "optimal"
+  return Head("gaussian", learned_scale=param, per_channel_scale=param and c.vae.scale_fit == "ema")
+
+
+def transform(c):
+  return scale_ema(c.vae.scale_decay) if scale_arg(c) == "ema" else None
 
 
 def check(c) -> None:
   if c.vae.scale is not None and c.vae.likelihood not in SCALED:
     raise ValueError(f"vae.scale={c.vae.scale!r}: only vae.likelihood='gaussian' or 'discretized_gaussian' "
                      f"has a scale (vae.likelihood={c.vae.likelihood!r}); leave it None")
-  if c.vae.scale_fit != "learned" and (c.vae.scale is not None or c.vae.likelihood != "gaussian"):
-    raise ValueError(f"vae.scale_fit={c.vae.scale_fit!r}: fits the scale of vae.likelihood='gaussian' with "
-                     "vae.scale=None (a scale taken from x itself would make the discretized likelihood's "
-                     "bits/dim no code length)")
+  if c.vae.scale_fit != "learned" and (c.vae.scale is not None or c.vae.likelihood not in SCALED):
+    raise ValueError(f"vae.scale_fit={c.vae.scale_fit!r}: fits the scale of a (discretized) gaussian "
+                     f"likelihood with vae.scale=None (vae.likelihood={c.vae.likelihood!r}, "
+                     f"vae.scale={c.vae.scale!r})")
+  if c.vae.scale_fit == "optimal" and c.vae.likelihood != "gaussian":
+    raise ValueError("vae.scale_fit='optimal': fits the scale of vae.likelihood='gaussian' only (a scale "
+                     "taken from x itself would make the discretized likelihood's bits/dim no code length); "
+                     "use vae.scale_fit='ema', fit on the training batches")
 
 
 def discrete(c) -> bool:
@@ -222,9 +276,11 @@ VAE = Objective(
                                           scale=scale_arg(c), beta=c.vae.beta,
                                           kl_warmup_steps=c.vae.kl_warmup_steps),
     head=head, fields=(*LIKELIHOOD_FIELDS, *VAE_FIELDS), log_keys=("mse", "elbo", "kl"), check=check,
+    transform=transform,
     log_weights=_bind_log_weights, code_length=discrete, module=__name__)
 IWAE = Objective(
     lambda c, apply_fn: functools.partial(iwae, apply_fn=apply_fn, likelihood=c.vae.likelihood,
                                           scale=scale_arg(c), num_samples=c.vae.num_samples),
     head=head, fields=(*LIKELIHOOD_FIELDS, *IWAE_FIELDS), log_keys=("mse", "iwae_bound", "kl"), check=check,
+    transform=transform,
     log_weights=_bind_log_weights, code_length=discrete, module=__name__)
