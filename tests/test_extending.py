@@ -63,7 +63,7 @@ def test_a_plugin_flag_brings_its_fields_to_help_and_a_run(registered, tmp_path)
   helped = runs.run([sys.executable, "-m", "experiments.train", "--config", ae_mnist, f"--plugins={plugin}",
                      "--help"])
   assert "--config.model.mlp_widths: mlp: hidden widths" in helped.stdout
-  assert "expected one of ('reference', 'mlp')" in helped.stdout
+  assert "expected one of ('reference', 'resnet', 'conv64', 'mlp')" in helped.stdout
   cmd = runs.train_command(tmp_path / "w", (f"--plugins={plugin}", "--config.model.name=mlp",
                                             "--config.model.mlp_widths=(32,)", "--config.num_epochs=1",
                                             "--config.data.train_size=128"), config="ae_mnist.py")

@@ -153,8 +153,8 @@ def test_a_registered_architecture_serves_every_head():
       chex.assert_shape(oracle.apply(model, params, x), (2, 6, 5, 1))
       chex.assert_shape(oracle.apply(model, params, x, "encode"), (2, 3))
     assert models.ARCHITECTURES["test_mlp"].module == __name__
-    with pytest.raises(ValueError, match=r"model.name='test_mpl': expected one of "
-                                         r"\('reference', 'test_mlp'\) \(did you mean test_mlp\?\)"):
+    with pytest.raises(ValueError, match=r"model.name='test_mpl': expected one of \('reference', 'resnet', "
+                                         r"'conv64', 'test_mlp'\) \(did you mean test_mlp\?\)"):
       models.get("test_mpl")
     with pytest.raises(ValueError,
                        match="model 'reference' is already registered by ae_jax.models.reference"):

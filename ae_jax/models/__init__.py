@@ -13,16 +13,19 @@ import jax.numpy as jnp
 import ml_collections
 
 from ae_jax import fields
-from ae_jax.models import heads, layers, reference
+from ae_jax.models import conv64, heads, layers, reference, resnet
 from ae_jax.models.autoencoder import OUTPUTS, Architecture, Autoencoder, compute_dtype, padded_shape
 from ae_jax.models.heads import LATENTS, Head
 
 DTYPES = ("float32", "bfloat16")
-ARCHITECTURES: dict[str, Architecture] = {"reference": reference.ARCHITECTURE}
+ARCHITECTURES: dict[str, Architecture] = {"reference": reference.ARCHITECTURE, "resnet": resnet.ARCHITECTURE,
+                                          "conv64": conv64.ARCHITECTURE}
 
 FIELDS = (
     fields.Field("model.name", "reference", fields.one_of_keys(ARCHITECTURES, "one"), fields.NEVER,
-                 "the architecture: `reference` (the Keras example's conv stacks) or one you registered"),
+                 "the architecture: `reference` (the Keras example's conv stacks), `resnet` (latent "
+                 "diffusion's residual encoder/decoder), `conv64` (the beta-VAE / disentanglement_lib 64x64 "
+                 "net) or one you registered"),
     fields.Field("model.latent_dim", 16, fields.POSITIVE, fields.NEVER,
                  "size of the latent z_BD (of each grid vector, for a grid latent)"),
     fields.Field("model.num_codes", 512, fields.POSITIVE, fields.NEVER,
@@ -72,8 +75,9 @@ def build(cfg: ml_collections.ConfigDict, image_shape: Sequence[int], head: Head
   shape = tuple(int(d) for d in image_shape)
   padded = padded_shape(shape, factor)
   encoder, decoder = arch.build(cfg, padded, head)
+  size = arch.latent_size(cfg, padded) if arch.latent_size and head.latent != "grid" else None
   return Autoencoder(encoder=encoder, decoder=decoder, image_shape=shape, padded_shape=padded,
-                     downsampling=factor, head=head, latent_dim=int(cfg.latent_dim),
+                     downsampling=factor, head=head, latent_dim=int(cfg.latent_dim) if size is None else size,
                      num_codes=int(cfg.num_codes), output=cfg.output)
 
 
@@ -92,5 +96,5 @@ def count_params(tree) -> int:
 
 
 __all__ = ["ARCHITECTURES", "Architecture", "Autoencoder", "DTYPES", "FIELDS", "Head", "LATENTS", "OUTPUTS",
-           "build", "check_image_shape", "compute_dtype", "count_params", "get", "heads", "init_params",
-           "layers", "padded_shape", "reference", "register"]
+           "build", "check_image_shape", "compute_dtype", "conv64", "count_params", "get", "heads",
+           "init_params", "layers", "padded_shape", "reference", "register", "resnet"]

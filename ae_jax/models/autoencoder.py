@@ -24,12 +24,17 @@ class Architecture:
   decoder latent -> logits_BHWC (starting with heads.decoder_head), both at
   padded_shape. downsampling(config.model): the factor by which the encoder
   shrinks H and W (images must divide by it, or model.pad rounds them up).
+  latent_size(config.model, padded_shape): a vector latent's size when the
+  encoder flattens a grid into it (None: model.latent_dim).
   """
 
   build: Callable[[ml_collections.ConfigDict, tuple[int, int, int], Head], tuple[nn.Module, nn.Module]]
   downsampling: Callable[[ml_collections.ConfigDict], int]
   fields: tuple[Field, ...] = ()
   module: str = ""
+  # (config.model, padded_shape) -> the size of a vector latent when it is not model.latent_dim
+  # (a flattened grid), or None.
+  latent_size: Callable[[ml_collections.ConfigDict, tuple[int, int, int]], int | None] | None = None
 
 
 def compute_dtype(cfg: ml_collections.ConfigDict):
