@@ -64,13 +64,14 @@ def test_data_on_device_gives_the_same_steps(single, mode, k):
   np.testing.assert_allclose(losses, host[1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("objective,binarize", [("vae", True), ("vqvae", False)])
-def test_wrappers_agree_for_the_vae_and_the_ema_vqvae(objective, binarize):
+@pytest.mark.parametrize("objective,binarize,ema_scale", [("vae", True, False), ("vqvae", False, False),
+                                                           ("vae", False, True)])
+def test_wrappers_agree_for_the_vae_and_the_ema_vqvae(objective, binarize, ema_scale):
   # Latent samples and binarisation from fold_in keys per (step, global index); the EMA
-  # codebook's statistics summed over the devices.
+  # codebook's and the EMA scale's statistics summed over the devices.
   runs = {mode: wrappers.train_steps(mode, tuple(jax.devices()[:1]) if mode == "jit" else
                                               tuple(jax.devices()), STEPS, BATCH, kind="none",
-                                              objective=objective, binarize=binarize)
+                                              objective=objective, binarize=binarize, ema_scale=ema_scale)
           for mode in ("jit", "pmap", "mesh")}
   ref_state, ref_losses = runs["jit"]
   for mode in ("pmap", "mesh"):
@@ -78,9 +79,11 @@ def test_wrappers_agree_for_the_vae_and_the_ema_vqvae(objective, binarize):
     err = metrics.relative_distance(state.params, ref_state.params)
     assert err < 1e-5, f"{objective} {mode}: relative parameter difference {err:.2e}"
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  init = train.create_train_state(train.build_model(wrappers.config(objective), wrappers.SHAPE),
-                                  wrappers.config(objective), jax.random.key(0))
+  init = train.create_train_state(train.build_model(wrappers.config(objective, ema_scale), wrappers.SHAPE),
+                                  wrappers.config(objective, ema_scale), jax.random.key(0))
   assert metrics.relative_distance(init.params, ref_state.params) > 1e-3
+  if ema_scale:
+    assert np.all(ref_state.params["log_scale"] < -0.5), ref_state.params["log_scale"]  # fit, from 0
 
 
 def test_two_devices_agree_too(single):

@@ -12,25 +12,29 @@ from ae_jax import parallel, train
 SHAPE = (16, 16, 1)
 
 
-def config(objective: str = "ae"):
+def config(objective: str = "ae", ema_scale: bool = False):
+  """ema_scale: the VAE's discretized Gaussian with its per-channel EMA scale."""
   c = config_lib.get_default()
   c.objective = objective
   c.model.filters, c.model.latent_dim = (8, 16), 8
   if objective == "vqvae":
     c.vq.ema_decay = 0.9  # its statistics are summed over the devices
+  if ema_scale:  # its statistics too
+    c.vae.likelihood, c.vae.scale_fit, c.vae.scale_decay = "discretized_gaussian", "ema", 0.5
   return c
 
 
 def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
                 steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "auto",
-                on_device: bool = False, objective: str = "ae", binarize: bool = False):
+                on_device: bool = False, objective: str = "ae", binarize: bool = False,
+                ema_scale: bool = False):
   """(host state, per-step losses) after `steps` steps of a small reference DAE (or `objective`,
   with the EMA codebook for vqvae) on fixed batches of SHAPE images.
 
   on_device: the images go to the devices once (put_table) and each call
   sends only indices, as experiments.train does by default.
   """
-  cfg = config(objective)
+  cfg = config(objective, ema_scale)
   cfg.noise.kind = kind
   cfg.model.conv_impl = conv_impl
   cfg.data.binarize = "dynamic" if binarize else "none"
