@@ -82,6 +82,8 @@ EVAL = (
     Field("eval.final", False, BOOL, FREE,
           "at the last step also: SSIM, active units, IS-NLL, codebook use, Frechet distance of samples, "
           "probe accuracies (ae_jax/evaluation.py)"),
+    Field("eval.final_examples", 10000, optional(POSITIVE), FREE,
+          "final eval: the first this many test examples (held in memory together); None: all", int),
     Field("eval.nll_samples", 200, POSITIVE, FREE, "final eval: importance samples of the NLL estimate"),
     Field("eval.nll_examples", None, optional(POSITIVE), FREE,
           "final eval: test examples of the NLL estimate; None: all", int),

@@ -165,6 +165,11 @@ def test_final_eval_reports_every_number_for_each_latent(objective, tmp_path, mo
   out = evaluation.final(model, state.params, cfg, unlabelled, jax.random.key(0))
   assert out["labels"].startswith("none") and "frechet_distance" not in out and "knn_accuracy" not in out
   assert out["det_recon_mse"] > 0
+  # eval.final_examples: the table of the first 12 test examples alone.
+  cfg.eval.final_examples = 12
+  out = evaluation.final(model, state.params, cfg, ds, jax.random.key(0))
+  assert out["final_examples"] == 12 and ("nll" not in out or out["nll_examples"] == 12)
+  assert out["det_recon_mse"] == pytest.approx(float(np.mean((recon[:12] - test_x[:12]) ** 2)), rel=1e-5)
 
 
 def test_compare_trains_members_and_writes_the_table(tmp_path):
