@@ -8,6 +8,7 @@ of every process (once `initialize_distributed` has run), and `pmap`.
 
 from collections.abc import Callable
 import functools
+import math
 import os
 import sys
 import threading
@@ -20,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 AXIS = "data"
+MODEL_AXIS = "model"  # model.shard > 1: the large kernels' output axis is split along it
 MODES = ("jit", "pmap", "mesh")
 JOIN_TIMEOUT_EXIT = 5
 BARRIER_TIMEOUT_S = 3600  # a slow compile; a process that dies ends the others sooner (peer_timeout_s)
@@ -135,41 +137,74 @@ def _host(tree):
 
 
 class MeshPlacement:
-  """State and dataset replicated, batches split along a 1-D `Mesh(devices, ('data',))`.
+  """Batches split along the `data` axis of a `Mesh(devices, ('data', 'model'))`; the dataset and,
+  by default, the state replicated.
 
   One device is the `jit` case. Over several processes (jax.distributed) each
   process holds one contiguous block of rows of every global batch
   (`local_rows`) and feeds only those; the compiler inserts the collectives.
+  With model_shards = N > 1 the mesh is (devices / N) x N and every state leaf
+  of at least shard_min_size elements whose last axis N divides (the kernels'
+  output features; the optimizer's moments and the params EMA alike, by shape)
+  is split along `model`: each device holds 1/N of it, and XLA's SPMD
+  partitioner adds the gathers. The rest stays replicated.
   """
 
-  def __init__(self, devices: tuple, batch_size: int):
+  def __init__(self, devices: tuple, batch_size: int, model_shards: int = 1, shard_min_size: int = 1 << 14):
     self.devices = tuple(devices)
-    self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
+    if len(self.devices) % model_shards:
+      raise ValueError(f"model.shard={model_shards}: does not divide the {len(self.devices)} devices")
+    if model_shards > 1 and jax.process_count() > 1:
+      raise ValueError(f"model.shard={model_shards}: sharded params are for one process's devices; a "
+                       "multi-process run replicates them (model.shard=1)")
+    self.model_shards, self.shard_min_size = model_shards, shard_min_size
+    grid = np.asarray(self.devices).reshape(len(self.devices) // model_shards, model_shards)
+    self.mesh = Mesh(grid, (AXIS, MODEL_AXIS))
     self._replicated = NamedSharding(self.mesh, P())
     self._batches = NamedSharding(self.mesh, P(None, AXIS))  # [K, B, ...]: split B
     self._batch_size = batch_size
+    rows = batch_size // grid.shape[0]  # a data shard's rows, held by each of its model devices
     index_map = self._batches.addressable_devices_indices_map((1, batch_size))
-    starts = sorted(idx[1].start or 0 for idx in index_map.values())
-    self.local_rows = slice(starts[0], starts[-1] + batch_size // len(self.devices))
-    if self.local_rows.stop - self.local_rows.start != batch_size // len(self.devices) * len(index_map):
+    starts = sorted({idx[1].start or 0 for idx in index_map.values()})
+    self.local_rows = slice(starts[0], starts[-1] + rows)
+    if self.local_rows.stop - self.local_rows.start != rows * len(starts):
       raise ValueError(f"this process's devices do not hold one block of rows: {index_map}")
 
-  def compile(self, step_fn: Callable) -> Callable:
-    """step(state, batches, key, table) -> (state, metrics [K]) over K stacked batches; state donated."""
+  def sharding(self, shape) -> NamedSharding:
+    """Where a state leaf of this shape lives: split along `model` (see the class), or replicated."""
+    n = self.model_shards
+    if n == 1 or len(shape) < 2 or math.prod(shape) < self.shard_min_size or shape[-1] % n:
+      return self._replicated
+    return NamedSharding(self.mesh, P(*([None] * (len(shape) - 1)), MODEL_AXIS))
+
+  def state_shardings(self, tree):
+    return jax.tree.map(lambda x: self.sharding(np.shape(x)), tree)
+
+  def compile(self, step_fn: Callable, state=None) -> Callable:
+    """step(state, batches, key, table) -> (state, metrics [K]) over K stacked batches; state donated.
+    With model.shard > 1 pass the state (host or device values): its leaves' shardings come from it."""
     r = self._replicated
+    if self.model_shards > 1 and state is None:
+      raise ValueError("model.shard > 1: compile needs the state, to shard its leaves")
+    s = r if state is None else self.state_shardings(state)
     return compiled_together(jax.jit(functools.partial(multi_step, step_fn), donate_argnums=0,
-                                     in_shardings=(r, self._batches, r, r), out_shardings=(r, r)))
+                                     in_shardings=(s, self._batches, r, r), out_shardings=(s, r)))
 
   def put_state(self, tree):
-    """Replicated on every device; also the dataset table (put_table)."""
+    """On every device, each leaf as `sharding` says (replicated, or split along `model`)."""
     # Every process holds the same host values; each fills its own devices from them
     # (device_put across processes would first compare the values over the network).
     def fill(x):
       x = np.asarray(x)
-      return jax.make_array_from_callback(x.shape, self._replicated, lambda idx: x[idx])
+      return jax.make_array_from_callback(x.shape, self.sharding(x.shape), lambda idx: x[idx])
     return jax.tree.map(fill, tree)
 
-  put_table = put_state
+  def put_table(self, tree):
+    """The dataset table: replicated on every device."""
+    def fill(x):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, self._replicated, lambda idx: x[idx])
+    return jax.tree.map(fill, tree)
 
   def put_batches(self, batches):
     """This process's rows [K, local rows, ...] -> global batches [K, B, ...]."""
@@ -192,7 +227,8 @@ class PmapPlacement:
     self._per_device = NamedSharding(Mesh(np.asarray(self.devices), (AXIS,)), P(AXIS))
     self.local_rows = slice(0, batch_size)
 
-  def compile(self, step_fn: Callable) -> Callable:
+  def compile(self, step_fn: Callable, state=None) -> Callable:
+    del state  # a copy of the whole state per device
     return jax.pmap(functools.partial(multi_step, step_fn, axis_name=AXIS), axis_name=AXIS,
                     in_axes=(0, 0, None, 0), donate_argnums=0, devices=self.devices)
 
@@ -218,12 +254,18 @@ class PmapPlacement:
   get_metrics = get_state
 
 
-def placement(mode: str, devices: tuple, batch_size: int) -> MeshPlacement | PmapPlacement:
-  """The placement for `parallel=mode`: jit (1 device) and mesh share MeshPlacement."""
+def placement(mode: str, devices: tuple, batch_size: int, model_shards: int = 1,
+              shard_min_size: int = 1 << 14) -> MeshPlacement | PmapPlacement:
+  """The placement for `parallel=mode`: jit (1 device) and mesh share MeshPlacement; model_shards > 1
+  (model.shard) splits the large kernels over a second mesh axis, mesh only."""
   if mode not in MODES:
     raise ValueError(f"parallel={mode!r}: expected one of {MODES}")
+  if model_shards > 1 and mode != "mesh":
+    raise ValueError(f"model.shard={model_shards}: sharded params need parallel='mesh' (parallel={mode!r})")
   check_batch(batch_size, devices, mode)
   if mode == "jit" and len(devices) != 1:
     raise ValueError(f"parallel='jit' runs on one device, got num_devices={len(devices)}; "
                      "use parallel='pmap' or 'mesh' for more")
-  return PmapPlacement(devices, batch_size) if mode == "pmap" else MeshPlacement(devices, batch_size)
+  if mode == "pmap":
+    return PmapPlacement(devices, batch_size)
+  return MeshPlacement(devices, batch_size, model_shards, shard_min_size)

@@ -21,7 +21,7 @@ WRONG = {"seed": -1, "objective": "gan", "plugins": ("",), "loss": "l1", "batch_
          "model.output": "softmax", "model.conv_impl": "cudnn", "model.dtype": "float16",
          "model.name": "resnet50", "model.channels": 0, "model.channel_mult": (), "model.num_res_blocks": 0,
          "model.attention_resolutions": (0,), "model.norm": "batch", "model.norm_groups": 0,
-         "model.latent_grid": "yes", "model.remat": 1,
+         "model.latent_grid": "yes", "model.remat": 1, "model.shard": 0, "model.shard_min_size": -1,
          "noise.kind": "speckle", "noise.mean": "half", "noise.std": -0.1, "noise.clip": 1,
          "noise.nu": 1.5, "data.source": "hub", "data.name": "", "data.dir": "",
          "data.download": "no", "data.train_size": 0, "data.test_size": -1, "data.stream": "auto",

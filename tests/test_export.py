@@ -88,3 +88,19 @@ def test_auto_settings_resolve_per_platform():
   assert train.resolve_steps_per_call(None, "cuda") == train.resolve_steps_per_call(None, "tpu") == 1
   assert train.resolve_steps_per_call(4, "cpu") == 4
   assert train.build_model(_config("ae"), (28, 28, 1)).encoder.conv_impl == "xla"
+
+
+@pytest.mark.parametrize("objective,latent_grid", [("ae", False), ("vae", True), ("vqvae", False)])
+def test_resnet_train_step_exports_for_gpu_and_tpu_with_every_latent_head(objective, latent_grid):
+  # A dense vector, a Gaussian per position of the grid, a quantised grid; mesh over 4 devices.
+  cfg = _config(objective)
+  cfg.model.update(name="resnet", channels=8, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4,
+                   latent_dim=4, latent_grid=latent_grid, attention_resolutions=(8,))
+  model = train.build_model(cfg, (16, 16, 3))
+  devices = tuple(jax.devices())
+  place = parallel.placement("mesh", devices, B)
+  step = place.compile(train.bind_steps(cfg, model).train)
+  state = place.put_state(train.create_train_state(model, cfg, jax.random.key(0)))
+  batches = place.put_batches({"image": np.zeros((cfg.steps_per_call, B, 16, 16, 3), np.uint8)})
+  exported = jax.export.export(step, platforms=list(ACCELERATORS))(state, batches, jax.random.key(1), None)
+  assert exported.platforms == ACCELERATORS and exported.nr_devices == len(devices)

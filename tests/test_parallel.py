@@ -3,6 +3,7 @@
 import functools
 
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
@@ -84,6 +85,34 @@ def test_wrappers_agree_for_the_vae_and_the_ema_vqvae(objective, binarize, ema_s
   assert metrics.relative_distance(init.params, ref_state.params) > 1e-3
   if ema_scale:
     assert np.all(ref_state.params["log_scale"] < -0.5), ref_state.params["log_scale"]  # fit, from 0
+
+
+@pytest.mark.parametrize("model_shards", [2, 4])
+def test_sharded_params_train_as_the_replicated_ones(model_shards):
+  # A (4 / N) x N mesh: the kernels of >= 1,024 elements split along their output axis over N devices.
+  devices = tuple(jax.devices())
+  replicated = wrappers.train_steps("mesh", devices, STEPS, BATCH, kind="none")
+  sharded = wrappers.train_steps("mesh", devices, STEPS, BATCH, kind="none", model_shards=model_shards,
+                                 shard_min_size=1024)
+  err = metrics.relative_distance(sharded[0].params, replicated[0].params)
+  assert err < 1e-5, f"relative parameter difference {err:.2e}"
+  np.testing.assert_allclose(sharded[1], replicated[1], rtol=1e-5)
+  # Where the state lives: Adam's moments split like their kernels; small leaves replicated.
+  cfg = wrappers.config()
+  state = train.create_train_state(train.build_model(cfg, wrappers.SHAPE), cfg, jax.random.key(0))
+  place = parallel.placement("mesh", devices, BATCH, model_shards, 1024)
+  dstate = place.put_state(state)
+  kernel = dstate.params["decoder"]["deconv0"]["kernel"]
+  mu = dstate.opt_state[0].mu["decoder"]["deconv0"]["kernel"]
+  assert kernel.shape == (3, 3, 16, 16) and kernel.sharding.spec == P(None, None, None, "model")
+  assert {s.data.shape for s in kernel.addressable_shards} == {(3, 3, 16, 16 // model_shards)}
+  assert mu.sharding.spec == kernel.sharding.spec
+  assert dstate.params["decoder"]["deconv0"]["bias"].sharding.is_fully_replicated
+  assert sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(dstate.params)) >= 3
+  with pytest.raises(ValueError, match=r"^model.shard=3: does not divide the 4 devices"):
+    parallel.placement("mesh", devices, BATCH, 3)
+  with pytest.raises(ValueError, match=r"^model.shard=2: sharded params need parallel='mesh'"):
+    parallel.placement("pmap", devices, BATCH, 2)
 
 
 def test_two_devices_agree_too(single):

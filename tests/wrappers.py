@@ -27,12 +27,14 @@ def config(objective: str = "ae", ema_scale: bool = False):
 def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
                 steps_per_call: int = 1, kind: str = "gaussian", conv_impl: str = "auto",
                 on_device: bool = False, objective: str = "ae", binarize: bool = False,
-                ema_scale: bool = False):
+                ema_scale: bool = False, model_shards: int = 1, shard_min_size: int = 1 << 14):
   """(host state, per-step losses) after `steps` steps of a small reference DAE (or `objective`,
   with the EMA codebook for vqvae) on fixed batches of SHAPE images.
 
   on_device: the images go to the devices once (put_table) and each call
-  sends only indices, as experiments.train does by default.
+  sends only indices, as experiments.train does by default. model_shards > 1
+  (mesh): the state's leaves of at least shard_min_size elements split over a
+  second mesh axis.
   """
   cfg = config(objective, ema_scale)
   cfg.noise.kind = kind
@@ -40,8 +42,8 @@ def train_steps(mode: str, devices: tuple, steps: int = 4, batch: int = 16,
   cfg.data.binarize = "dynamic" if binarize else "none"
   model = train.build_model(cfg, SHAPE)
   state = train.create_train_state(model, cfg, jax.random.key(0))
-  place = parallel.placement(mode, devices, batch)
-  step = place.compile(train.bind_steps(cfg, model).train)
+  place = parallel.placement(mode, devices, batch, model_shards, shard_min_size)
+  step = place.compile(train.bind_steps(cfg, model).train, state)
   images = np.asarray(jax.random.uniform(jax.random.key(1), (steps, batch, *SHAPE)))
   table = place.put_table({"image": images.reshape(steps * batch, *SHAPE)}) if on_device else None
   index = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)

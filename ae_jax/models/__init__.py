@@ -39,6 +39,12 @@ FIELDS = (
                  "same params and numerics, different speed; `auto`: per backend (layers.resolve)"),
     fields.Field("model.dtype", "float32", fields.one_of(*DTYPES), fields.ALLOW,
                  "compute dtype; params and optimizer state stay float32"),
+    fields.Field("model.shard", 1, fields.POSITIVE, fields.FREE,
+                 "parallel='mesh': split every param (and its optimizer state) of at least "
+                 "model.shard_min_size elements along its last axis over this many devices (a second mesh "
+                 "axis); 1: replicated"),
+    fields.Field("model.shard_min_size", 1 << 14, fields.POSITIVE, fields.FREE,
+                 "model.shard > 1: smaller params stay replicated"),
 )
 
 

@@ -149,7 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   rundir.check_workdir(workdir)
   devices = parallel.select_devices(config.num_devices if config.parallel != "jit" else 1,
                                     config.parallel)
-  place = parallel.placement(config.parallel, devices, config.batch_size)
+  place = parallel.placement(config.parallel, devices, config.batch_size, config.model.shard,
+                             config.model.shard_min_size)
   saved = checkpoint.latest_meta(workdir)  # refuse another run's workdir before loading and compiling
   if saved is not None:
     rundir.check_saved_run(saved, config, workdir, None, allow_config_change)
@@ -234,7 +235,7 @@ def _run(config, workdir, allow_config_change, started, devices, place, ds, data
 def _loop(config, stop, mngr, writer, evaluator, place, steps, ds, keys, schedule, state, window, start_step,
           started, chief, data_sha256) -> dict:
   """The compiled calls from start_step to the end: train, log, checkpoint, then evaluate each epoch end."""
-  step = place.compile(steps.train)
+  step = place.compile(steps.train, state)
   table = place.put_table({"image": ds.train[:]}) if data.on_device(config.data_on_device, ds.train) else None
 
   taken = hashlib.sha256()  # the indices of the examples this process fed, said at the end
