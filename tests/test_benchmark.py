@@ -58,3 +58,13 @@ def test_keep_freed_memory_stops_faulting_a_large_temporary_in_on_every_call(kee
     assert int(median) < 1_000, proc.stdout
   else:  # glibc maps it afresh and unmaps it on free: every call faults it all in
     assert int(least) > 20_000, proc.stdout
+
+
+def test_roofline_flops_agree_with_the_reference_counted_by_hand():
+  from tools import benchmark, roofline  # pylint: disable=g-import-not-at-top
+
+  out = roofline.analyse("ae_mnist", 8)
+  by_hand = benchmark.train_flops_per_image(benchmark.reference_model())  # 3 x the forward's 2 x MACs
+  assert out["train_gflop_per_image"] * 1e9 == pytest.approx(by_hand, rel=0.1)  # XLA's: 38.1 MFLOP
+  assert out["params"] == 178_001
+  assert out["H200 images/s bound"] * out["train_gflop_per_image"] * 1e9 == pytest.approx(989e12, rel=1e-2)

@@ -10,8 +10,8 @@ layer as `model.name='resnet'` builds it (GroupNorm(groups, eps 1e-6), swish,
 middle's attention, nearest x2 upsampling, a per-position latent of
 latent_dim channels), so both have the same parameter count (checked). The step
 is the `ae` objective with MSE: sigmoid(decoder(encoder(x))) against x, Adam.
-Each measurement runs in a fresh process, JAX and PyTorch alternating (J T J T
-...), so drift on a shared machine reaches both alike: the first step's seconds
+Each measurement runs in a fresh process, JAX (each --conv_impls) and PyTorch
+alternating, so drift on a shared machine reaches both alike: the first step's seconds
 (JAX: tracing and compiling; PyTorch: its first eager step), then images/s over
 --steps further steps, and the process's peak RSS (VmHWM). Prints one JSON
 object per run, then a markdown table of medians and the JAX / PyTorch ratio.
@@ -40,7 +40,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_res_blocks", 1, "model.num_res_blocks.")
   flags.DEFINE_integer("norm_groups", 32, "model.norm_groups.")
   flags.DEFINE_integer("latent_dim", 4, "model.latent_dim (channels per latent position).")
-  flags.DEFINE_string("one", None, "Internal: run one measurement, 'jax:SIZE' or 'torch:SIZE'.")
+  flags.DEFINE_list("conv_impls", ["auto", "matmul"], "JAX model.conv_impl values to measure.")
+  flags.DEFINE_string("one", None, "Internal: run one measurement, 'jax-IMPL:SIZE' or 'torch:SIZE'.")
 
 
 def spec() -> dict:
@@ -63,11 +64,11 @@ def _images(size: int, batch: int):
 # ---------------------------------------------------------------- the JAX side
 
 
-def jax_config(s: dict):
+def jax_config(s: dict, conv_impl: str = "auto"):
   from ae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
   c = config_lib.get_default()
-  c.objective, c.loss = "ae", "mse"
+  c.objective, c.loss, c.model.conv_impl = "ae", "mse", conv_impl
   c.model.name, c.model.latent_grid = "resnet", True
   c.model.channels, c.model.channel_mult = s["channels"], tuple(s["channel_mult"])
   c.model.num_res_blocks, c.model.norm_groups, c.model.latent_dim = (s["num_res_blocks"], s["norm_groups"],
@@ -75,12 +76,12 @@ def jax_config(s: dict):
   return c
 
 
-def measure_jax(size: int, batch: int, steps: int, s: dict) -> dict:
+def measure_jax(size: int, batch: int, steps: int, s: dict, conv_impl: str = "auto") -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   from ae_jax import models, train  # pylint: disable=g-import-not-at-top
 
-  c = jax_config(s)
+  c = jax_config(s, conv_impl)
   model = train.build_model(c, (size, size, 3))
   state = train.create_train_state(model, c, jax.random.key(0))
   step = jax.jit(train.bind_steps(c, model).train, donate_argnums=0)
@@ -212,8 +213,10 @@ def measure_torch(size: int, batch: int, steps: int, s: dict) -> dict:
 
 def run_one(what: str) -> None:
   framework, size = what.split(":")
-  measure = measure_jax if framework == "jax" else measure_torch
-  out = measure(int(size), FLAGS.batch, FLAGS.steps, spec())
+  if framework == "torch":
+    out = measure_torch(int(size), FLAGS.batch, FLAGS.steps, spec())
+  else:
+    out = measure_jax(int(size), FLAGS.batch, FLAGS.steps, spec(), framework.split("-", 1)[1])
   print(json.dumps({"framework": framework, "size": int(size), **out, "peak_rss_mib": _peak_rss_mib()}))
 
 
@@ -225,24 +228,24 @@ def main(argv):
   records = []
   for size in (int(v) for v in FLAGS.sizes):
     for _ in range(FLAGS.pairs):
-      for framework in ("jax", "torch"):
+      for framework in (*(f"jax-{impl}" for impl in FLAGS.conv_impls), "torch"):
         cmd = [sys.executable, "-m", "tools.torch_twin", f"--one={framework}:{size}",
                f"--batch={FLAGS.batch}", f"--steps={FLAGS.steps}", *passed]
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
         records.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(records[-1]), flush=True)
-  print("\n| size | params (JAX / PyTorch) | first step s (JAX / PyTorch) | images/s (JAX / PyTorch) "
-        "| JAX / PyTorch | peak RSS MiB (JAX / PyTorch) |\n| --- | --- | --- | --- | --- | --- |")
+  print("\n| size | run | params | first step s | images/s | / PyTorch | peak RSS MiB |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |")
+  frameworks = (*(f"jax-{impl}" for impl in FLAGS.conv_impls), "torch")
   for size in (int(v) for v in FLAGS.sizes):
     med = {f: {k: statistics.median(r[k] for r in records if r["framework"] == f and r["size"] == size)
-               for k in ("params", "first_step_s", "images_per_s", "peak_rss_mib")} for f in ("jax", "torch")}
-    j, t = med["jax"], med["torch"]
-    if j["params"] != t["params"]:
-      raise SystemExit(f"the twins differ: {j['params']} JAX params against {t['params']} PyTorch")
-    print(f"| {size}x{size}x3 | {int(j['params']):,} / {int(t['params']):,} | {j['first_step_s']:.1f} / "
-          f"{t['first_step_s']:.1f} | {j['images_per_s']:.1f} / {t['images_per_s']:.1f} | "
-          f"{j['images_per_s'] / t['images_per_s']:.2f} | "
-          f"{j['peak_rss_mib']:.0f} / {t['peak_rss_mib']:.0f} |")
+               for k in ("params", "first_step_s", "images_per_s", "peak_rss_mib")} for f in frameworks}
+    if len({m["params"] for m in med.values()}) != 1:
+      raise SystemExit(f"the twins differ in parameter count: {med}")
+    for f, m in med.items():
+      print(f"| {size}x{size}x3 | {f} | {int(m['params']):,} | {m['first_step_s']:.1f} | "
+            f"{m['images_per_s']:.1f} | {m['images_per_s'] / med['torch']['images_per_s']:.2f} | "
+            f"{m['peak_rss_mib']:.0f} |")
 
 
 if __name__ == "__main__":
