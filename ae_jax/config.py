@@ -86,7 +86,7 @@ EVAL = (
           "final eval: the first this many test examples (held in memory together); None: all", int),
     Field("eval.nll_samples", 200, POSITIVE, FREE, "final eval: importance samples of the NLL estimate"),
     Field("eval.nll_examples", None, optional(POSITIVE), FREE,
-          "final eval: test examples of the NLL estimate; None: all", int),
+          "final eval: test examples of the NLL estimate; None: all of eval.final_examples", int),
     Field("eval.num_samples", 10000, POSITIVE, FREE, "final eval: generated images for the Frechet distance"),
     Field("eval.gmm_components", 10, POSITIVE, FREE,
           "final eval: mixture fitted to deterministic models' training latents, to sample from"),
@@ -223,6 +223,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"weight_decay={c.weight_decay!r}: only optimizer='adamw' decays weights "
                      f"(optimizer={c.optimizer!r}); use adamw or leave weight_decay None")
   objectives.check(c)
+  models.check(c.model, objectives.head(c))
   data.check(c.data)
 
 

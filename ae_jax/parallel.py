@@ -8,6 +8,7 @@ of every process (once `initialize_distributed` has run), and `pmap`.
 
 from collections.abc import Callable
 import functools
+import itertools
 import math
 import os
 import sys
@@ -25,6 +26,8 @@ MODEL_AXIS = "model"  # model.shard > 1: the large kernels' output axis is split
 MODES = ("jit", "pmap", "mesh")
 JOIN_TIMEOUT_EXIT = 5
 BARRIER_TIMEOUT_S = 3600  # a slow compile; a process that dies ends the others sooner (peer_timeout_s)
+SHARD_MIN_SIZE = 1 << 14  # model.shard_min_size's default
+_barriers = itertools.count()  # every process meets the same barriers in the same order: keys pair up
 
 
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
@@ -105,8 +108,10 @@ def multi_step(step_fn: Callable, state, batches, key, table=None, **kwargs):
 
 
 def wait_for_every_process(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
-  """A barrier on the coordination service (not a collective, so no 30 s gloo deadline); unique names."""
-  ocp.multihost.get_barrier_sync_fn()(key=f"ae_jax: {name}", timeout_ms=timeout_s * 1000)
+  """A barrier on the coordination service (not a collective, so no 30 s gloo deadline); a no-op in
+  a single process. Each call's key is numbered, so the same name may come again."""
+  if jax.process_count() > 1:
+    ocp.multihost.get_barrier_sync_fn()(key=f"ae_jax {next(_barriers)}: {name}", timeout_ms=timeout_s * 1000)
 
 
 def compiled_together(jitted: Callable) -> Callable:
@@ -115,7 +120,8 @@ def compiled_together(jitted: Callable) -> Callable:
   XLA:CPU's gloo collectives wait 30 s for a peer: a process that compiles slower
   than the others (a busy host) would otherwise make them fail in the first
   collective. Every process sees the same shapes in the same order (the
-  schedule is a function of the position), so the barriers pair up.
+  schedule is a function of the position), so the barriers pair up. Over
+  several processes the result is a plain function (no `.lower`, no export).
   """
   if jax.process_count() == 1:
     return jitted
@@ -130,6 +136,16 @@ def compiled_together(jitted: Callable) -> Callable:
       wait_for_every_process(f"step compiled for input shapes {len(compiled)}")
     return jitted(*args)
   return call
+
+
+def _fill(tree, sharding_of: Callable):
+  """Each leaf on its devices as sharding_of(its shape) says. Every process holds the same host values
+  and fills its own devices from them (device_put across processes would first compare the values over
+  the network)."""
+  def fill(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding_of(x.shape), lambda idx: x[idx])
+  return jax.tree.map(fill, tree)
 
 
 def _host(tree):
@@ -150,7 +166,8 @@ class MeshPlacement:
   partitioner adds the gathers. The rest stays replicated.
   """
 
-  def __init__(self, devices: tuple, batch_size: int, model_shards: int = 1, shard_min_size: int = 1 << 14):
+  def __init__(self, devices: tuple, batch_size: int, model_shards: int = 1,
+               shard_min_size: int = SHARD_MIN_SIZE):
     self.devices = tuple(devices)
     if len(self.devices) % model_shards:
       raise ValueError(f"model.shard={model_shards}: does not divide the {len(self.devices)} devices")
@@ -192,19 +209,11 @@ class MeshPlacement:
 
   def put_state(self, tree):
     """On every device, each leaf as `sharding` says (replicated, or split along `model`)."""
-    # Every process holds the same host values; each fills its own devices from them
-    # (device_put across processes would first compare the values over the network).
-    def fill(x):
-      x = np.asarray(x)
-      return jax.make_array_from_callback(x.shape, self.sharding(x.shape), lambda idx: x[idx])
-    return jax.tree.map(fill, tree)
+    return _fill(tree, self.sharding)
 
   def put_table(self, tree):
     """The dataset table: replicated on every device."""
-    def fill(x):
-      x = np.asarray(x)
-      return jax.make_array_from_callback(x.shape, self._replicated, lambda idx: x[idx])
-    return jax.tree.map(fill, tree)
+    return _fill(tree, lambda shape: self._replicated)
 
   def put_batches(self, batches):
     """This process's rows [K, local rows, ...] -> global batches [K, B, ...]."""
@@ -255,14 +264,16 @@ class PmapPlacement:
 
 
 def placement(mode: str, devices: tuple, batch_size: int, model_shards: int = 1,
-              shard_min_size: int = 1 << 14) -> MeshPlacement | PmapPlacement:
+              shard_min_size: int = SHARD_MIN_SIZE) -> MeshPlacement | PmapPlacement:
   """The placement for `parallel=mode`: jit (1 device) and mesh share MeshPlacement; model_shards > 1
   (model.shard) splits the large kernels over a second mesh axis, mesh only."""
   if mode not in MODES:
     raise ValueError(f"parallel={mode!r}: expected one of {MODES}")
   if model_shards > 1 and mode != "mesh":
     raise ValueError(f"model.shard={model_shards}: sharded params need parallel='mesh' (parallel={mode!r})")
-  check_batch(batch_size, devices, mode)
+  if len(devices) % model_shards:
+    raise ValueError(f"model.shard={model_shards}: does not divide the {len(devices)} devices")
+  check_batch(batch_size, devices[:len(devices) // model_shards], mode)  # split over the data axis
   if mode == "jit" and len(devices) != 1:
     raise ValueError(f"parallel='jit' runs on one device, got num_devices={len(devices)}; "
                      "use parallel='pmap' or 'mesh' for more")

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ae_jax import config as config_lib
 from ae_jax import models, objectives, train
 from ae_jax.models import resnet
 import oracle
@@ -104,7 +105,7 @@ def test_conv64_is_the_beta_vae_net_layer_by_layer():
   assert models.count_params(params) == total == 690_517  # the docstring's count
   assert models.count_params(params["encoder"]) == 309_204
   with pytest.raises(ValueError, match=r"^model.name='conv64': the beta-VAE net has a vector latent"):
-    train.build_model(oracle.tiny_config("vqvae", **{"model.name": "conv64"}), (64, 64, 1))
+    config_lib.validate(oracle.tiny_config("vqvae", **{"model.name": "conv64"}))  # before any data
 
 
 def test_resnet_layer_list():
@@ -119,8 +120,15 @@ def test_resnet_layer_list():
   assert shapes["encoder/latent/kernel"] == (4 * 4 * 8, 3)  # a Dense on the 4x4x8 features
   assert shapes["decoder/up0_block0/nin_shortcut/kernel"] == (1, 1, 8, 4)
   assert shapes["decoder/conv_out/kernel"] == (3, 3, 4, 3)
-  with pytest.raises(ValueError, match=r"^model.norm_groups=3: does not divide the width 4"):
-    train.build_model(oracle.tiny_config("ae", **{**TINY_RESNET, "model.norm_groups": 3}), (8, 8, 3))
+  with pytest.raises(ValueError, match=r"^model.norm_groups=3: does not divide the width 4 \(model.chann"):
+    config_lib.validate(oracle.tiny_config("ae", **{**TINY_RESNET, "model.norm_groups": 3}))
+  # conv_in's width counts too: channels 4 with channel_mult (2, 4) has widths 4, 8, 16.
+  with pytest.raises(ValueError, match=r"^model.norm_groups=8: does not divide the width 4 \(model.chann"):
+    config_lib.validate(oracle.tiny_config("ae", **{**TINY_RESNET, "model.channel_mult": (2, 4),
+                                                    "model.norm_groups": 8}))
+  with pytest.raises(ValueError, match=r"^model.attention_resolutions=\(3,\): 3 is not the height of a lev"):
+    train.build_model(oracle.tiny_config("ae", **{**TINY_RESNET, "model.attention_resolutions": (3,)}),
+                      (8, 8, 3))
 
 
 def test_resnet_latent_grid_is_mean_and_logvar_per_position_flattened():

@@ -109,6 +109,12 @@ def test_sharded_params_train_as_the_replicated_ones(model_shards):
   assert mu.sharding.spec == kernel.sharding.spec
   assert dstate.params["decoder"]["deconv0"]["bias"].sharding.is_fully_replicated
   assert sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(dstate.params)) >= 3
+  # A step keeps the state where it was (out_shardings).
+  step = place.compile(train.bind_steps(cfg, train.build_model(cfg, wrappers.SHAPE)).train, state)
+  images = np.zeros((1, BATCH, *wrappers.SHAPE), np.float32)
+  after, _ = step(dstate, place.put_batches({"image": images}), jax.random.key(2), None)
+  assert jax.tree.map(lambda x: x.sharding.spec, after.params) == jax.tree.map(lambda x: x.sharding.spec,
+                                                                                 place.put_state(state).params)
   with pytest.raises(ValueError, match=r"^model.shard=3: does not divide the 4 devices"):
     parallel.placement("mesh", devices, BATCH, 3)
   with pytest.raises(ValueError, match=r"^model.shard=2: sharded params need parallel='mesh'"):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ae_jax import fields
+from ae_jax import fields, parallel
 from ae_jax.models import conv64, heads, layers, reference, resnet
 from ae_jax.models.autoencoder import OUTPUTS, Architecture, Autoencoder, compute_dtype, padded_shape
 from ae_jax.models.heads import LATENTS, Head
@@ -43,7 +43,7 @@ FIELDS = (
                  "parallel='mesh': split every param (and its optimizer state) of at least "
                  "model.shard_min_size elements along its last axis over this many devices (a second mesh "
                  "axis); 1: replicated"),
-    fields.Field("model.shard_min_size", 1 << 14, fields.POSITIVE, fields.FREE,
+    fields.Field("model.shard_min_size", parallel.SHARD_MIN_SIZE, fields.POSITIVE, fields.FREE,
                  "model.shard > 1: smaller params stay replicated"),
 )
 
@@ -55,6 +55,13 @@ def register(name: str, architecture: Architecture) -> Architecture:
 
 def get(name: str) -> Architecture:
   return fields.lookup(ARCHITECTURES, name, "model.name")
+
+
+def check(cfg: ml_collections.ConfigDict, head: Head) -> None:
+  """The architecture's own check of its fields and the head the objective needs (config.validate)."""
+  arch = get(cfg.name)
+  if arch.check is not None:
+    arch.check(cfg, head)
 
 
 def check_image_shape(image_shape: Sequence[int], cfg: ml_collections.ConfigDict) -> None:
@@ -102,5 +109,5 @@ def count_params(tree) -> int:
 
 
 __all__ = ["ARCHITECTURES", "Architecture", "Autoencoder", "DTYPES", "FIELDS", "Head", "LATENTS", "OUTPUTS",
-           "build", "check_image_shape", "compute_dtype", "conv64", "count_params", "get", "heads",
+           "build", "check", "check_image_shape", "compute_dtype", "conv64", "count_params", "get", "heads",
            "init_params", "layers", "padded_shape", "reference", "register", "resnet"]

@@ -25,7 +25,8 @@ class Architecture:
   padded_shape. downsampling(config.model): the factor by which the encoder
   shrinks H and W (images must divide by it, or model.pad rounds them up).
   latent_size(config.model, padded_shape): a vector latent's size when the
-  encoder flattens a grid into it (None: model.latent_dim).
+  encoder flattens a grid into it (None: model.latent_dim). check(config.model,
+  head): one-line ValueErrors for what build would refuse, before any work.
   """
 
   build: Callable[[ml_collections.ConfigDict, tuple[int, int, int], Head], tuple[nn.Module, nn.Module]]
@@ -35,6 +36,9 @@ class Architecture:
   # (config.model, padded_shape) -> the size of a vector latent when it is not model.latent_dim
   # (a flattened grid), or None.
   latent_size: Callable[[ml_collections.ConfigDict, tuple[int, int, int]], int | None] | None = None
+  # (config.model, head) -> raises ValueError for fields (or a head) it cannot build; run by
+  # config.validate, before any data is read.
+  check: Callable[[ml_collections.ConfigDict, Head], None] | None = None
 
 
 def compute_dtype(cfg: ml_collections.ConfigDict):

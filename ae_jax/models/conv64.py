@@ -63,13 +63,18 @@ class Decoder(nn.Module):
     return layers.conv_transpose(self.conv_impl, c, 4, 2, "d6")(x.astype(jnp.float32))
 
 
-def build(cfg: ml_collections.ConfigDict, image_shape, head: heads.Head):
+def check(cfg: ml_collections.ConfigDict, head: heads.Head) -> None:
+  del cfg
   if head.latent == "grid":
     raise ValueError("model.name='conv64': the beta-VAE net has a vector latent, not the quantised grid this "
                      "objective needs; use model.name='resnet' or 'reference'")
+
+
+def build(cfg: ml_collections.ConfigDict, image_shape, head: heads.Head):
+  check(cfg, head)
   dtype = compute_dtype(cfg)
   return (Encoder(int(cfg.latent_dim), cfg.conv_impl, dtype, head),
           Decoder(tuple(int(d) for d in image_shape), cfg.conv_impl, dtype))
 
 
-ARCHITECTURE = Architecture(build, downsampling=lambda cfg: 16, module=__name__)
+ARCHITECTURE = Architecture(build, downsampling=lambda cfg: 16, module=__name__, check=check)

@@ -19,11 +19,14 @@ Decoder) and its Flax twin, big_vision `models/proj/givt/cnn.py`:
 
 Downsampling f = 2^(len(channel_mult) - 1). The latent: with model.latent_grid,
 one latent_dim vector per position of the lowest grid (the anchor's z_channels;
-a 1x1 conv; for the VAE family mean and log-variance per position, `double_z`),
-flattened to one vector of (H/f)(W/f)latent_dim for the objectives; otherwise a
-Dense on the flattened features (a vector latent, for probes). A VQ head always
-quantises the grid. Differences from the anchor, on purpose: Flax's default
-initialisers (as big_vision), and no dropout or timestep embedding.
+for the VAE family mean and log-variance per position, `double_z`), flattened to
+one vector of (H/f)(W/f)latent_dim for the objectives; otherwise a Dense on the
+flattened features (a vector latent, for probes). A VQ head always quantises
+the grid. Differences from the anchor, on purpose: Flax's default initialisers
+(as big_vision); no dropout (its masks would need per-example keys to keep the
+step's draws independent of the device count) or timestep embedding; a 1x1 conv
+to and from the latent where the anchor has its 3x3 conv_out + 1x1 quant_conv
+and 1x1 post_quant_conv + 3x3 conv_in.
 Normalisation and softmax run in float32 under a bfloat16 model.dtype.
 """
 
@@ -113,9 +116,10 @@ class AttnBlock(nn.Module):
     b, hh, ww, c = x_BHWC.shape
     h = Norm(self.norm, self.groups, name="norm")(x_BHWC)
     q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, c) for n in ("q", "k", "v"))
-    logits_BQK = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) * c**-0.5
+    logits_BQK = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32) * c**-0.5
     weights = jax.nn.softmax(logits_BQK, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(b, hh, ww, c)
+    out = jnp.einsum("bqk,bkc->bqc", weights, v, preferred_element_type=jnp.float32)
+    out = out.astype(v.dtype).reshape(b, hh, ww, c)
     return x_BHWC + nn.Dense(c, dtype=self.dtype, name="proj_out")(out)
 
 
@@ -221,13 +225,25 @@ def grid_head(head: heads.Head, latent_dim: int, features_BhwC, latent_grid: boo
   return jnp.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=-1)
 
 
-def check(cfg: ml_collections.ConfigDict) -> None:
+def check(cfg: ml_collections.ConfigDict, head: heads.Head) -> None:
+  del head  # every head: a vector, a Gaussian (per position with latent_grid), a quantised grid
   if cfg.norm == "group":
-    for m in cfg.channel_mult:
-      if (cfg.channels * m) % cfg.norm_groups:
-        raise ValueError(f"model.norm_groups={cfg.norm_groups}: does not divide the width "
-                         f"{cfg.channels * m} (model.channels={cfg.channels} x channel_mult {m}); "
+    for width, what in ((cfg.channels, "model.channels"),
+                        *((cfg.channels * m, f"model.channels={cfg.channels} x channel_mult {m}")
+                          for m in cfg.channel_mult)):
+      if width % cfg.norm_groups:
+        raise ValueError(f"model.norm_groups={cfg.norm_groups}: does not divide the width {width} ({what}); "
                          "use a divisor of every width or model.norm='none'")
+
+
+def check_attention(cfg: ml_collections.ConfigDict, padded_shape) -> None:
+  """Every model.attention_resolutions entry must be the height of a level."""
+  heights = {padded_shape[0] // 2**i for i in range(len(cfg.channel_mult))}
+  for r in cfg.attention_resolutions:
+    if r not in heights:
+      levels = tuple(sorted(heights, reverse=True))
+      raise ValueError(f"model.attention_resolutions={tuple(cfg.attention_resolutions)!r}: {r} is not the "
+                       f"height of a level at this image size; the levels are {levels}")
 
 
 def spec(cfg: ml_collections.ConfigDict) -> Spec:
@@ -237,7 +253,8 @@ def spec(cfg: ml_collections.ConfigDict) -> Spec:
 
 
 def build(cfg: ml_collections.ConfigDict, image_shape, head: heads.Head):
-  check(cfg)
+  check(cfg, head)
+  check_attention(cfg, image_shape)
   return Encoder(spec(cfg), head), Decoder(spec(cfg), tuple(image_shape), head)
 
 
@@ -254,4 +271,4 @@ def latent_size(cfg, padded_shape) -> int | None:
 
 
 ARCHITECTURE = Architecture(build, downsampling=downsampling, fields=FIELDS, module=__name__,
-                            latent_size=latent_size)
+                            latent_size=latent_size, check=check)

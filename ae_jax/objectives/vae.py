@@ -74,7 +74,7 @@ def log_likelihood(likelihood: str, logits_NHWC: jax.Array, x_NHWC: jax.Array,
   """log p(x|z) per example, summed over pixels, in nats.
 
   `bernoulli`: the decoder's logits are Bernoulli logits (exact for binary x).
-  `gaussian`: mean sigmoid(logits), one scale exp(log_scale) for all pixels.
+  `gaussian`: mean sigmoid(logits), scale exp(log_scale): one for all pixels, or one per channel.
   `discretized_gaussian`: the same Gaussian's mass on the bin of x's 8-bit value k
   = round(255 x), [(k - 1/2) / 255, (k + 1/2) / 255], the bins of 0 and 255 open to
   -inf and +inf, so that the 256

@@ -275,6 +275,9 @@ def _loop(config, stop, mngr, writer, evaluator, place, steps, ds, keys, schedul
       if call.epoch_done:
         last_eval = _interruptible_eval(stop, evaluator, mngr, eval_params(host_state), call.end, schedule,
                                         True, final=chief and last and config.eval.final)
+        # The chief also wrote pictures and metrics (a first compile, too): meet before the next step's
+        # collectives, which would wait only 30 s on XLA:CPU.
+        parallel.wait_for_every_process(f"evaluated step {call.end}")
         window.restart_clock()  # eval time is not training throughput
   rows = place.local_rows
   logging.info("process %d of %d fed rows %d-%d of each global batch of steps %d-%d: %d training examples, "
