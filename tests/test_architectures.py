@@ -193,3 +193,14 @@ def test_remat_gives_the_same_gradients_and_bfloat16_keeps_float32_params_and_lo
   # bf16 compute, float32 params: ~0.4% of a bf16 ulp per layer adds up over the ~20 layers (7.7% here
   # at width 4, 2.6% at width 32; the 4-layer reference: 0.4%).
   assert 0 < float(jnp.linalg.norm(logits - full) / jnp.linalg.norm(full)) < 0.15
+
+
+def test_contractive_probes_train_through_the_resnet():
+  # The Hutchinson path's second-order gradient through the resnet (a vmapped pullback crashed XLA:CPU).
+  c = oracle.tiny_config("contractive", **{**TINY_RESNET, "model.latent_grid": True, "contractive.probes": 2})
+  model = train.build_model(c, (8, 8, 3))
+  state = train.create_train_state(model, c, jax.random.key(0))
+  x = np.asarray(jax.random.randint(jax.random.key(1), (4, 8, 8, 3), 0, 256), np.uint8)
+  new, m = jax.jit(train.bind_steps(c, model).train)(state, {"image": x}, jax.random.key(2))
+  assert np.isfinite(m["loss"]) and m["jacobian_fro2"] > 0
+  assert np.any(new.params["encoder"]["conv_in"]["kernel"] != state.params["encoder"]["conv_in"]["kernel"])

@@ -30,7 +30,8 @@ WRONG = {"seed": -1, "objective": "gan", "plugins": ("",), "loss": "l1", "batch_
          "model.num_codes": 0, "vae.likelihood": "poisson", "vae.scale": 0.0, "vae.scale_fit": "adam",
          "vae.scale_decay": 1.0, "vae.beta": -1.0,
          "vae.kl_warmup_steps": -5, "vae.num_samples": 0, "sparse.penalty": "l2", "sparse.weight": -1e-3,
-         "sparse.target": 1.0, "contractive.weight": "high", "vq.commitment": -0.25, "vq.ema_decay": 1.5,
+         "sparse.target": 1.0, "contractive.weight": "high", "contractive.probes": 0, "vq.commitment": -0.25,
+         "vq.ema_decay": 1.5,
          "data.binarize": "static", "eval.final": "yes", "eval.final_examples": 0, "eval.nll_samples": 0,
          "eval.nll_examples": 0,
          "eval.num_samples": -1, "eval.gmm_components": 0, "eval.collapse": "ignore"}
