@@ -41,7 +41,7 @@ def test_mig_and_modularity_know_the_answers():
 
 
 def test_sap_and_dci_know_the_answers():
-  f_train, f_test = _factors(1500, 0), _factors(500, 1)
+  f_train, f_test = _factors(1000, 0), _factors(400, 1)
   train, test = _views(f_train), _views(f_test)
   sap = {k: dis.sap(train[k], f_train, test[k], f_test) for k in ("factors", "noise")}
   assert sap["factors"] > 0.2 and abs(sap["noise"]) < 0.05

@@ -100,7 +100,7 @@ def test_a_killed_peer_stops_the_other_process(tmp_path):
 def test_a_process_that_compiles_its_step_late_does_not_fail_the_other(tmp_path):
   # gloo's collectives wait 30 s for a peer; without the barrier after compiling,
   # process 0 fails its first step ("Gloo context initialization failed").
-  started = agreement.start(tmp_path / "w", tmp_path, 2, 2, list(agreement.MESH), "late", late_compile_s=35)
+  started = agreement.start(tmp_path / "w", tmp_path, 2, 2, list(agreement.MESH), "late", late_compile_s=32)
   agreement.check(_wait(started))
   assert checkpoint.read_latest(str(tmp_path / "w"))[0] == 4
 
