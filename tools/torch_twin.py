@@ -26,6 +26,8 @@ import time
 
 from absl import app, flags
 
+from tools import whole_process
+
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,11 +50,6 @@ def spec() -> dict:
   return {"channels": FLAGS.channels, "channel_mult": [int(m) for m in FLAGS.channel_mult],
           "num_res_blocks": FLAGS.num_res_blocks, "norm_groups": FLAGS.norm_groups,
           "latent_dim": FLAGS.latent_dim}
-
-
-def _peak_rss_mib() -> int:
-  with open("/proc/self/status") as f:
-    return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def _images(size: int, batch: int):
@@ -217,7 +214,8 @@ def run_one(what: str) -> None:
     out = measure_torch(int(size), FLAGS.batch, FLAGS.steps, spec())
   else:
     out = measure_jax(int(size), FLAGS.batch, FLAGS.steps, spec(), framework.split("-", 1)[1])
-  print(json.dumps({"framework": framework, "size": int(size), **out, "peak_rss_mib": _peak_rss_mib()}))
+  print(json.dumps({"framework": framework, "size": int(size), **out,
+                    "peak_rss_mib": whole_process.peak_rss_mib(os.getpid())}))
 
 
 def main(argv):

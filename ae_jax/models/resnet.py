@@ -142,21 +142,23 @@ class Spec:
   def widths(self) -> tuple[int, ...]:
     return tuple(self.channels * m for m in self.channel_mult)
 
+  def _block(self, cls):
+    return nn.remat(cls) if self.remat else cls
+
   def resnet(self, features: int, name: str):
-    cls = nn.remat(ResnetBlock) if self.remat else ResnetBlock
-    return cls(features, self.norm, self.norm_groups, self.conv_impl, self.dtype, name=name)
+    block = self._block(ResnetBlock)
+    return block(features, self.norm, self.norm_groups, self.conv_impl, self.dtype, name=name)
+
+  def attention_block(self, name: str):
+    return self._block(AttnBlock)(self.norm, self.norm_groups, self.dtype, name=name)
 
   def attention(self, x, name: str):
     """x, followed by an AttnBlock where its height is one of attention_resolutions."""
-    if x.shape[1] not in self.attention_resolutions:
-      return x
-    cls = nn.remat(AttnBlock) if self.remat else AttnBlock
-    return cls(self.norm, self.norm_groups, self.dtype, name=name)(x)
+    return self.attention_block(name)(x) if x.shape[1] in self.attention_resolutions else x
 
   def middle(self, x):
     x = self.resnet(x.shape[-1], "mid_block_1")(x)
-    x = (nn.remat(AttnBlock) if self.remat else AttnBlock)(self.norm, self.norm_groups, self.dtype,
-                                                           name="mid_attn_1")(x)
+    x = self.attention_block("mid_attn_1")(x)
     return self.resnet(x.shape[-1], "mid_block_2")(x)
 
   def conv(self, features: int, kernel: int, stride: int, name: str, dtype="compute"):
