@@ -90,6 +90,16 @@ EVAL = (
     Field("eval.num_samples", 10000, POSITIVE, FREE, "final eval: generated images for the Frechet distance"),
     Field("eval.gmm_components", 10, POSITIVE, FREE,
           "final eval: mixture fitted to deterministic models' training latents, to sample from"),
+    Field("eval.factor_metrics", True, BOOL, FREE,
+          "final eval, for a source with known factors (dsprites): BetaVAE and FactorVAE scores, MIG, SAP, "
+          "DCI, modularity of the posterior means (ae_jax/disentanglement.py)"),
+    Field("eval.factor_points", 10000, POSITIVE, FREE,
+          "factor metrics: the sampled points of MIG and modularity, the training points of SAP, DCI and the "
+          "BetaVAE score, the FactorVAE score's points for the variances and its training votes"),
+    Field("eval.factor_eval_points", 5000, POSITIVE, FREE,
+          "factor metrics: the test points of SAP, DCI, the BetaVAE score and the FactorVAE score's votes"),
+    Field("eval.factor_batch", 64, POSITIVE, FREE,
+          "factor metrics: the examples per point of the BetaVAE and FactorVAE scores"),
     Field("eval.collapse", "warn", one_of("warn", "error"), FREE,
           "a model whose reconstructions stop depending on the input (evaluation.health): `warn` says so "
           "in one line and in eval.json; `error` also stops the run (exit 3)"),

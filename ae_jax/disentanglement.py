@@ -29,6 +29,7 @@ class FactorData:
 
   factor_sizes: tuple[int, ...]
   observe: Callable[[np.ndarray], np.ndarray]
+  names: tuple[str, ...] = ()
 
   def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack([rng.integers(0, s, n) for s in self.factor_sizes], axis=1)
@@ -134,6 +135,20 @@ def _fixed_factor_batch(data: FactorData, k: int, batch: int, rng: np.random.Gen
   return f
 
 
+CHUNK_IMAGES = 8192  # the sampler-based scores observe and represent their batches this many images at a time
+
+
+def _represent_batches(data: FactorData, represent: Callable, factor_batches: list) -> list:
+  """represent(observe(f)) for each [batch, K] array of factors, many batches per call."""
+  out, size = [], len(factor_batches[0]) if factor_batches else 1
+  step = max(1, CHUNK_IMAGES // size)
+  for start in range(0, len(factor_batches), step):
+    group = factor_batches[start:start + step]
+    z = represent(data.observe(np.concatenate(group)))
+    out += np.split(np.asarray(z), np.cumsum([len(g) for g in group])[:-1])
+  return out
+
+
 def beta_vae_score(data: FactorData, represent: Callable, rng: np.random.Generator, batch: int = 64,
                    num_train: int = 10_000, num_eval: int = 5_000) -> dict:
   """Higgins et al. 2017: a point is the mean |z(x1) - z(x2)| over `batch` pairs that share one factor k
@@ -141,14 +156,15 @@ def beta_vae_score(data: FactorData, represent: Callable, rng: np.random.Generat
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
 
   def points(n):
-    x, y = [], []
+    pairs, y = [], []
     for _ in range(n):
       k = int(rng.integers(len(data.factor_sizes)))
       first, second = data.sample_factors(batch, rng), data.sample_factors(batch, rng)
       second[:, k] = first[:, k]
-      x.append(np.mean(np.abs(represent(data.observe(first)) - represent(data.observe(second))), axis=0))
+      pairs += [first, second]
       y.append(k)
-    return np.asarray(x), np.asarray(y)
+    z = _represent_batches(data, represent, pairs)
+    return np.asarray([np.mean(np.abs(a - b), axis=0) for a, b in zip(z[::2], z[1::2])]), np.asarray(y)
 
   x_train, y_train = points(num_train)
   x_eval, y_eval = points(num_eval)
@@ -163,7 +179,7 @@ def factor_vae_score(data: FactorData, represent: Callable, rng: np.random.Gener
   """Kim & Mnih 2018: latents scaled by their global std (those with variance below `prune` dropped);
   a vote is (the kept latent of least variance over a batch that fixes factor k, k); a majority-vote
   classifier from latents to factors, its train and eval accuracy."""
-  z = represent(data.observe(data.sample_factors(num_variance, rng)))
+  z = _represent_batches(data, represent, [data.sample_factors(num_variance, rng)])[0]
   scale = np.std(z, axis=0, ddof=1)
   active = np.square(scale) >= prune
   if not active.any():
@@ -171,10 +187,11 @@ def factor_vae_score(data: FactorData, represent: Callable, rng: np.random.Gener
   num_factors, num_latents = len(data.factor_sizes), z.shape[1]
 
   def votes(n):
+    ks = [int(rng.integers(num_factors)) for _ in range(n)]
+    batches = [_fixed_factor_batch(data, k, batch, rng) for k in ks]
     table = np.zeros((num_latents, num_factors), np.int64)
-    for _ in range(n):
-      k = int(rng.integers(num_factors))
-      v = np.var(represent(data.observe(_fixed_factor_batch(data, k, batch, rng))) / scale, axis=0, ddof=1)
+    for k, zb in zip(ks, _represent_batches(data, represent, batches)):
+      v = np.var(zb / scale, axis=0, ddof=1)
       table[int(np.argmin(np.where(active, v, np.inf))), k] += 1
     return table
 
@@ -183,3 +200,18 @@ def factor_vae_score(data: FactorData, represent: Callable, rng: np.random.Gener
   return {"factor_vae_train_accuracy": float(train[np.arange(num_latents), assign].sum() / train.sum()),
           "factor_vae_eval_accuracy": float(evaluate[np.arange(num_latents), assign].sum() / evaluate.sum()),
           "factor_vae_active": int(active.sum())}
+
+
+def scores(data: FactorData, represent: Callable, rng: np.random.Generator, num_points: int = 10_000,
+           num_eval: int = 5_000, batch: int = 64) -> dict:
+  """Every score with disentanglement_lib's protocol sizes as defaults: MIG and modularity on num_points
+  sampled points, SAP and DCI trained on them and tested on num_eval more; the BetaVAE score on
+  num_points / num_eval points of `batch` pairs; the FactorVAE score with num_points for the variances,
+  num_points / num_eval votes of `batch` examples. Deterministic given rng."""
+  f_train, f_test = data.sample_factors(num_points, rng), data.sample_factors(num_eval, rng)
+  z_train, z_test = _represent_batches(data, represent, [f_train, f_test])
+  out = {"mig": mig(z_train, f_train), "modularity": modularity(z_train, f_train),
+         "sap": sap(z_train, f_train, z_test, f_test), **dci(z_train, f_train, z_test, f_test, rng)}
+  out.update(beta_vae_score(data, represent, rng, batch, num_points, num_eval))
+  out.update(factor_vae_score(data, represent, rng, batch, num_points, num_points, num_eval))
+  return out

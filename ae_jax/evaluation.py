@@ -8,7 +8,8 @@ beside the train-vs-test floor. Samples come from the prior for a Gaussian
 latent, else from a Gaussian mixture fitted to the training latents (Ghosh et
 al. 2020). For objectives of a latent-variable model (their record's
 `log_weights`) also an importance-sampled NLL; for a grid latent the
-codebook's perplexity and the codes used.
+codebook's perplexity and the codes used. For a source with known factors
+(dSprites) the disentanglement scores of the posterior means (disentanglement.py).
 """
 
 import functools
@@ -20,11 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ae_jax import data, frechet, losses, objectives
+from ae_jax import data, disentanglement, frechet, losses, objectives
 from ae_jax.data import transforms
 from ae_jax.models import apply
 
 MAX_FIT_EXAMPLES = 10_000  # training latents for the probes and the mixture
+MAX_CLASSIFIER_EXAMPLES = 60_000  # the Fréchet classifier's training images (MNIST's whole split)
 
 
 def ssim(images_a: np.ndarray, images_b: np.ndarray, batch_size: int = 1000) -> float:
@@ -144,7 +146,8 @@ def final(model, params, config: ml_collections.ConfigDict, ds: data.Dataset, ev
     train_y, test_y = ds.train.labels[:n_fit], ds.test.labels[:n_test]
     out["linear_probe_accuracy"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
     out["knn_accuracy"] = knn_accuracy(train_z, train_y, test_z, test_y)
-    clf, clf_params = frechet.classifier(ds.train)
+    clf, clf_params = frechet.classifier(ds.train if len(ds.train) <= MAX_CLASSIFIER_EXAMPLES
+                                         else ds.train.take(MAX_CLASSIFIER_EXAMPLES))
     z, how = sample_latents(model, cfg.num_samples, config.seed, train_z=train_z,
                             components=cfg.gmm_components)
     test_f = frechet.features(clf, clf_params, test_x)
@@ -154,8 +157,21 @@ def final(model, params, config: ml_collections.ConfigDict, ds: data.Dataset, ev
     out["frechet_floor"] = frechet.distance(frechet.features(clf, clf_params, ds.train[:floor_n]), test_f)
     out["frechet_classifier_accuracy"] = frechet.accuracy(clf, clf_params, test_x, test_y)
     out["samples_from"] = how
+  if ds.factors is not None and cfg.factor_metrics:
+    out.update(factor_scores(model, params, ds.factors, jax.random.fold_in(eval_key, 3), cfg))
   out["final_eval_seconds"] = round(time.perf_counter() - t0, 1)
   return out
+
+
+def factor_scores(model, params, factors: disentanglement.FactorData, key: jax.Array, cfg) -> dict:
+  """The disentanglement scores of the encoder's output (the posterior mean for the VAE family) on
+  images the source draws for sampled factors; deterministic given key."""
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
+  t0 = time.perf_counter()
+  out = disentanglement.scores(factors, lambda x: apply.embed(model, params, x).reshape(len(x), -1), rng,
+                               cfg.factor_points, cfg.factor_eval_points, cfg.factor_batch)
+  return {**out, "factor_points": cfg.factor_points, "factor_eval_points": cfg.factor_eval_points,
+          "factor_metrics_seconds": round(time.perf_counter() - t0, 1)}
 
 
 COLLAPSE_FACTOR = 1e-3  # collapsed: the reconstructions' spread fell below 1/1000 of the untrained model's

@@ -10,7 +10,7 @@ import os
 import ml_collections
 
 from ae_jax import fields
-from ae_jax.data import embedded, folder, idx, npz, records, tfds
+from ae_jax.data import dsprites, embedded, folder, idx, npz, records, tfds
 from ae_jax.data.cache import cache_dir, digest, read_cache, write_cache
 from ae_jax.data.embedded import load_embedded
 from ae_jax.data.idx import load_idx, read_idx, write_idx
@@ -24,14 +24,14 @@ from ae_jax.data.transforms import to_float
 
 SOURCES: dict[str, DataSource] = {"tfds": tfds.SOURCE, "idx": idx.SOURCE, "npz": npz.SOURCE,
                                   "embedded": embedded.SOURCE, "folder": folder.SOURCE,
-                                  "array_record": records.SOURCE}
+                                  "array_record": records.SOURCE, "dsprites": dsprites.SOURCE}
 
 FIELDS = (
     fields.Field("data.source", "tfds", fields.one_of_keys(SOURCES, "one"), fields.ALLOW,
                  "`tfds`, `idx` (four MNIST-format files in data.dir), `npz` (your arrays: data.dir is a "
                  ".npz file or a folder of .npy files), `embedded` (5,000 digits, offline), `folder` (your "
-                 "pictures), `array_record` (shards of data.write_array_record), or one you registered "
-                 "(docs/data.md)"),
+                 "pictures), `array_record` (shards of data.write_array_record), `dsprites` (generated, or "
+                 "the published .npz in data.dir; with its factors), or one you registered (docs/data.md)"),
     fields.Field("data.dir", None, fields.optional(fields.TEXT), fields.FREE,
                  "the folder or file the source reads (tfds: the TFDS data_dir; None: TFDS's default)", str),
     fields.Field("data.train_size", None, fields.optional(fields.POSITIVE), fields.ALLOW,
@@ -83,7 +83,7 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
   if cfg.dir:
     cfg.dir = os.path.expanduser(cfg.dir)
   check(cfg)
-  train, test, where = get(cfg.source).load(cfg)
+  train, test, where, *factors = get(cfg.source).load(cfg)
   for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
     if size is None:
       continue
@@ -95,7 +95,7 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
   if train.image_shape != test.image_shape:
     raise DataError(f"{where}: train images {train.image_shape} and test images {test.image_shape} "
                     "differ in shape")
-  return Dataset(train, test, where)
+  return Dataset(train, test, where, factors[0] if factors else None)
 
 
 __all__ = [

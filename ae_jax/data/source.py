@@ -12,11 +12,15 @@ from collections.abc import Callable
 import copy
 import dataclasses
 import hashlib
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
 
 from ae_jax.fields import Field
+
+if TYPE_CHECKING:
+  from ae_jax.disentanglement import FactorData
 
 
 class DataError(ValueError):
@@ -171,6 +175,7 @@ class Dataset:
   train: ArraySource
   test: ArraySource
   source: str  # human-readable: where the splits came from
+  factors: "FactorData | None" = None  # a source with known generative factors: their sampler
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -191,6 +196,7 @@ class Dataset:
         "image_shape": list(self.image_shape),
         "dtype": str(self.train.dtype),
         "labelled": self.labelled,
+        **({"factors": list(self.factors.names)} if self.factors is not None else {}),
         "sha256": digest.hexdigest(),
     }
 
@@ -200,7 +206,10 @@ class DataSource:
   """A data source by name (`data.source`): how to read its splits, and its own config fields.
 
   load(config.data) -> (train, test, where): the two splits (check_split makes
-  them from arrays) and a human-readable origin for run.json. It may use
+  them from arrays) and a human-readable origin for run.json; or (train, test,
+  where, factors) for a source with known generative factors: a
+  disentanglement.FactorData, which the final eval's disentanglement scores
+  sample (factor classes -> images). It may use
   data.train_size / data.test_size to read only a prefix; `data.load` cuts and
   checks the sizes. needs_dir: what data.dir must name, if the source reads one.
   fields: its own config fields, under `data.` (load sees config.data alone).

@@ -10,13 +10,15 @@ import ml_collections
 
 from ae_jax import fields
 from ae_jax.models import Head
-from ae_jax.objectives import reconstruction, vae, vq
-from ae_jax.objectives.objective import Objective, dense_head, per_example_keys
+from ae_jax.objectives import disentangling, factor_vae, reconstruction, vae, vq
+from ae_jax.objectives.objective import Objective, dense_head, global_batch, per_example_keys
 
 DEFAULT = "ae"  # the Keras reference autoencoder
 REGISTRY: dict[str, Objective] = {
     "ae": reconstruction.AE, "vae": vae.VAE, "iwae": vae.IWAE, "sparse": reconstruction.SPARSE,
-    "contractive": reconstruction.CONTRACTIVE, "vqvae": vq.VQVAE,
+    "contractive": reconstruction.CONTRACTIVE, "vqvae": vq.VQVAE, "beta_tcvae": disentangling.BETA_TCVAE,
+    "factor_vae": factor_vae.FACTOR_VAE, "dip_vae": disentangling.DIP_VAE,
+    "annealed_vae": disentangling.ANNEALED_VAE,
 }
 
 
@@ -46,5 +48,5 @@ def check(config: ml_collections.ConfigDict) -> None:
     objective.check(config)
 
 
-__all__ = ["DEFAULT", "Objective", "REGISTRY", "bind", "check", "dense_head", "get", "head",
-           "per_example_keys", "reconstruction", "register", "vae", "vq"]
+__all__ = ["DEFAULT", "Objective", "REGISTRY", "bind", "check", "dense_head", "disentangling", "factor_vae",
+           "get", "global_batch", "head", "per_example_keys", "reconstruction", "register", "vae", "vq"]

@@ -41,6 +41,14 @@ class Objective:
     latent-variable model give it, and the final eval estimates -log p(x) with it.
   code_length(config): whether that likelihood is of discrete data, so that -log p(x)
     is a code length and the final eval also gives it in bits/dim.
+  params(config, key, latent_dim) -> {name: params}: a second set of parameters of its own (FactorVAE's
+    discriminator), kept beside the model's in the train state's params under those names,
+    checkpointed and resumed with them, and trained by `optimizer`.
+  optimizer(config) -> the optax transform of those params (None: the run's optimizer).
+  coupled: its loss couples the examples of a batch (statistics over the batch: β-TCVAE,
+    DIP-VAE, FactorVAE). Under pmap the step then calls fn(..., axis_name=the device axis),
+    and fn gathers what it needs over the global batch (`global_batch`), so that the run is
+    the same on any number of devices; jit and mesh see the global batch whole.
   """
 
   bind: Callable[[ml_collections.ConfigDict, Callable], Callable]
@@ -51,9 +59,21 @@ class Objective:
   check: Callable[[ml_collections.ConfigDict], None] | None = None
   log_weights: Callable[[ml_collections.ConfigDict, Callable], Callable] | None = None
   code_length: Callable[[ml_collections.ConfigDict], bool] | None = None
+  params: Callable[[ml_collections.ConfigDict, jax.Array, int], dict] | None = None
+  optimizer: Callable[[ml_collections.ConfigDict], optax.GradientTransformation] | None = None
+  coupled: bool = False
   module: str = ""
 
 
 def per_example_keys(key: jax.Array, position_B: jax.Array) -> jax.Array:
   """fold_in(key, position_B[b]) for each example: its draws depend on its global index alone."""
   return jax.vmap(jax.random.fold_in, (None, 0))(key, position_B)
+
+
+def global_batch(x_B: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array | int]:
+  """(x over the global batch, the offset of this device's examples in it): under pmap gathered
+  from every device (differentiably: the gradient flows back to the examples' own devices); else
+  x itself, offset 0."""
+  if axis_name is None:
+    return x_B, 0
+  return jax.lax.all_gather(x_B, axis_name, tiled=True), jax.lax.axis_index(axis_name) * x_B.shape[0]

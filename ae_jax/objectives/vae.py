@@ -104,6 +104,7 @@ class VaeParts(NamedTuple):
   log_qz_x: jax.Array  # [B, k] log q(z|x)
   mse: jax.Array  # [B, k] of the decoder's mean
   sq_err_BC: jax.Array | None = None  # squared errors of the decoder's mean summed over pixels, mean over k
+  z_BKD: jax.Array | None = None  # the samples
 
 
 MIN_OPTIMAL_SCALE = 1e-3  # vae.scale_fit='optimal': a perfect reconstruction must not give -inf
@@ -177,7 +178,8 @@ def sample_parts(params, x_BHWC: jax.Array, target_BHWC: jax.Array, keys_B: jax.
   sq_err_BC = jnp.mean(jnp.sum(sq_err, axis=(1, 2)).reshape(b, num_samples, -1), axis=1)
   log_pz = gaussian_log_density(z_BKD, 0.0, jnp.zeros_like(z_BKD))
   log_qz_x = gaussian_log_density(z_BKD, mean_BD[:, None], logvar_BD[:, None])
-  return VaeParts(log_px_z, log_pz, log_qz_x, mse.reshape(b, num_samples), sq_err_BC), mean_BD, logvar_BD
+  return (VaeParts(log_px_z, log_pz, log_qz_x, mse.reshape(b, num_samples), sq_err_BC, z_BKD),
+          mean_BD, logvar_BD)
 
 
 def kl_weight(beta: float, warmup_steps: int, step) -> jax.Array:
@@ -185,6 +187,35 @@ def kl_weight(beta: float, warmup_steps: int, step) -> jax.Array:
   if step is None or warmup_steps == 0:
     return jnp.asarray(beta, jnp.float32)
   return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+
+
+class OneSample(NamedTuple):
+  """One reparameterised sample per example, and what an ELBO is made of."""
+
+  parts: VaeParts
+  log_px_z_B: jax.Array
+  kl_B: jax.Array  # KL(q(z|x) || p(z)), closed form
+  z_BD: jax.Array
+  mean_BD: jax.Array
+  logvar_BD: jax.Array
+
+
+def one_sample(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str, scale) -> OneSample:
+  """z ~ q(z|batch['input']) from fold_in(key, position), log p(batch['image']|z) and the KL."""
+  keys_B = per_example_keys(key, batch["position"])
+  parts, mean_BD, logvar_BD = sample_parts(params, batch["input"], batch["image"], keys_B, 1,
+                                           apply_fn=apply_fn, likelihood=likelihood, scale=scale)
+  return OneSample(parts, parts.log_px_z[:, 0], gaussian_kl(mean_BD, logvar_BD), parts.z_BKD[:, 0],
+                   mean_BD, logvar_BD)
+
+
+def elbo_metrics(s: OneSample, loss_B: jax.Array, likelihood: str, x_BHWC: jax.Array) -> dict:
+  """The per-example metrics of every one-sample VAE objective: loss, mse, the beta = 1 ELBO, KL."""
+  metrics = {"loss": loss_B, "mse": s.parts.mse[:, 0], "elbo": s.log_px_z_B - s.kl_B, "kl": s.kl_B,
+             "log_px_z": s.log_px_z_B}
+  if likelihood == "discretized_gaussian":
+    metrics["bits_per_dim"] = losses.bits_per_dim(s.log_px_z_B - s.kl_B, x_BHWC)  # of the ELBO: a bound
+  return metrics
 
 
 def vae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str, scale, beta: float,
@@ -195,17 +226,10 @@ def vae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str, scale
   and latent dims); beta_t ramps from 0 to beta over kl_warmup_steps (beta > 1:
   the beta-VAE of Higgins et al. 2017). `elbo` is the beta = 1 bound.
   """
-  keys_B = per_example_keys(key, batch["position"])
-  parts, mean_BD, logvar_BD = sample_parts(params, batch["input"], batch["image"], keys_B, 1,
-                                           apply_fn=apply_fn, likelihood=likelihood, scale=scale)
-  log_px_z = parts.log_px_z[:, 0]
-  kl_B = gaussian_kl(mean_BD, logvar_BD)
-  loss_B = -log_px_z + kl_weight(beta, kl_warmup_steps, batch.get("step")) * kl_B
-  metrics = {"loss": loss_B, "mse": parts.mse[:, 0], "elbo": log_px_z - kl_B, "kl": kl_B,
-             "log_px_z": log_px_z}
-  if likelihood == "discretized_gaussian":
-    metrics["bits_per_dim"] = losses.bits_per_dim(log_px_z - kl_B, batch["image"])  # of the ELBO: a bound
-  return loss_B, metrics, scale_stats(parts, scale, batch["image"])
+  s = one_sample(params, batch, key, apply_fn=apply_fn, likelihood=likelihood, scale=scale)
+  loss_B = -s.log_px_z_B + kl_weight(beta, kl_warmup_steps, batch.get("step")) * s.kl_B
+  return loss_B, elbo_metrics(s, loss_B, likelihood, batch["image"]), scale_stats(s.parts, scale,
+                                                                                   batch["image"])
 
 
 def iwae_bound(parts: VaeParts) -> jax.Array:
@@ -267,7 +291,7 @@ def discrete(c) -> bool:
                                                         and c.data.binarize != "none")
 
 
-def _bind_log_weights(c, apply_fn):
+def bind_log_weights(c, apply_fn):
   return functools.partial(log_weights, apply_fn=apply_fn, likelihood=c.vae.likelihood, scale=scale_arg(c))
 
 
@@ -277,10 +301,10 @@ VAE = Objective(
                                           kl_warmup_steps=c.vae.kl_warmup_steps),
     head=head, fields=(*LIKELIHOOD_FIELDS, *VAE_FIELDS), log_keys=("mse", "elbo", "kl"), check=check,
     transform=transform,
-    log_weights=_bind_log_weights, code_length=discrete, module=__name__)
+    log_weights=bind_log_weights, code_length=discrete, module=__name__)
 IWAE = Objective(
     lambda c, apply_fn: functools.partial(iwae, apply_fn=apply_fn, likelihood=c.vae.likelihood,
                                           scale=scale_arg(c), num_samples=c.vae.num_samples),
     head=head, fields=(*LIKELIHOOD_FIELDS, *IWAE_FIELDS), log_keys=("mse", "iwae_bound", "kl"), check=check,
     transform=transform,
-    log_weights=_bind_log_weights, code_length=discrete, module=__name__)
+    log_weights=bind_log_weights, code_length=discrete, module=__name__)

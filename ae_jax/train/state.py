@@ -65,10 +65,17 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
     raise ValueError(f"optimizer={cfg.optimizer!r}: expected one of {config_lib.OPTIMIZERS}")
   parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm else []
   parts.append(tx)
-  transform = objectives.get(cfg.objective).transform
-  own = transform(cfg) if transform is not None else None
+  objective = objectives.get(cfg.objective)
+  own = objective.transform(cfg) if objective.transform is not None else None
   if own is not None:
     parts.append(own)
+  if objective.params is not None:  # its own params (FactorVAE's discriminator), with their own optimizer
+    names = set(jax.eval_shape(lambda k: objective.params(cfg, k, 1), jax.random.key(0)))
+    model_tx = parts[0] if len(parts) == 1 else optax.chain(*parts)
+    own_tx = objective.optimizer(cfg) if objective.optimizer is not None else model_tx
+    parts = [optax.multi_transform(
+        {"model": model_tx, "objective": own_tx},
+        lambda params: {k: "objective" if k in names else "model" for k in params})]
   if cfg.ema_decay is not None:
     parts.append(track_ema(cfg.ema_decay))
   return parts[0] if len(parts) == 1 else optax.chain(*parts)
@@ -82,7 +89,16 @@ def eval_params(state: TrainState):
 
 def create_train_state(model: models.Autoencoder, cfg: ml_collections.ConfigDict,
                        key: jax.Array, total_steps: int | None = None) -> TrainState:
-  """Params from `key`, step 0, and make_optimizer(cfg, total_steps) (needed by lr schedules)."""
+  """Params from `key` (the model's, and the objective's own from fold_in(key, 1)), step 0, and
+  make_optimizer(cfg, total_steps) (needed by lr schedules)."""
   params = models.init_params(model, key)
+  own = objectives.get(cfg.objective).params
+  if own is not None:
+    extra = own(cfg, jax.random.fold_in(key, 1), model.latent_dim)
+    clash = sorted(set(extra) & set(params))
+    if clash:
+      raise ValueError(f"objective={cfg.objective!r}: its params {clash[0]!r} clash with the model's; "
+                       "rename them")
+    params = {**params, **extra}
   state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, total_steps))
   return state.replace(step=jnp.zeros((), jnp.int32))

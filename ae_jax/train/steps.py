@@ -42,7 +42,7 @@ def split_step_key(step_key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def train_step(state: TrainState, batch: dict, train_key: jax.Array, *, objective,
-               corrupt=None, binarize: bool = False,
+               corrupt=None, binarize: bool = False, coupled: bool = False,
                axis_name: str | None = None) -> tuple[TrainState, dict]:
   """One optimizer step of `objective` (an ae_jax.objectives function) on batch['image'] (x_BHWC,
   uint8 or float: the clean target).
@@ -53,7 +53,8 @@ def train_step(state: TrainState, batch: dict, train_key: jax.Array, *, objectiv
   example index). Under pmap pass axis_name: gradients and metrics are
   averaged over it, the objective's optimizer statistics summed. The
   statistics (summed over the global batch) go to the optimizer's update as
-  keyword arguments.
+  keyword arguments. coupled: the objective's loss couples a batch's examples; it is
+  handed axis_name to gather the global batch.
   """
   x_BHWC = transforms.to_float(batch["image"])
   local_b = x_BHWC.shape[0]
@@ -67,8 +68,10 @@ def train_step(state: TrainState, batch: dict, train_key: jax.Array, *, objectiv
                                                                          position_B)
   batch = {"image": x_BHWC, "input": inputs_BHWC, "position": position_B, "step": state.step}
 
+  over_devices = {"axis_name": axis_name} if coupled else {}
+
   def loss_fn(params):
-    loss_B, metrics_B, stats_B = objective(params, batch, objective_key)
+    loss_B, metrics_B, stats_B = objective(params, batch, objective_key, **over_devices)
     return jnp.mean(loss_B), (metrics_B, stats_B)
 
   (_, (metrics_B, stats_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -92,7 +95,8 @@ def eval_step(params, batch: dict, eval_key: jax.Array, *, objective, corrupt=No
   `corruption_mse` (corrupted input vs clean image: no model, the error to beat)
   and `recon_from_clean_mse` (the model fed clean images). batch['position'] is
   each example's index in the test split: example i is binarised and corrupted
-  with keys from fold_in(eval_key's streams, i), the same draws at every eval.
+  with keys from fold_in(eval_key's streams, i), the same draws at every eval. The
+  objective also sees batch['mask'], for statistics over the batch (a coupled objective's).
   """
   x_BHWC = transforms.to_float(batch["image"])
   noise_key, objective_key = split_step_key(eval_key)
@@ -103,8 +107,8 @@ def eval_step(params, batch: dict, eval_key: jax.Array, *, objective, corrupt=No
     return jnp.sum(jnp.where(batch["mask"], v_B, 0.0))
 
   def run(inputs_BHWC):
-    loss_B, m, _ = objective(params, {"image": x_BHWC, "input": inputs_BHWC,
-                                      "position": batch["position"]}, objective_key)
+    loss_B, m, _ = objective(params, {"image": x_BHWC, "input": inputs_BHWC, "position": batch["position"],
+                                      "mask": batch["mask"]}, objective_key)
     return {"loss": total(loss_B), **{"recon_mse" if k == "mse" else k: total(v) for k, v in m.items()
                                       if k != "loss"}}
 
@@ -153,5 +157,6 @@ def bind_steps(config: ml_collections.ConfigDict, model: models.Autoencoder) -> 
   kwargs = dict(objective=objectives.bind(config, model.apply),
                 corrupt=transforms.corruption_fn(config.noise),
                 binarize=config.data.binarize == "dynamic")
-  return Steps(functools.partial(train_step, **kwargs), functools.partial(eval_step, **kwargs),
-               kwargs["corrupt"], objectives.get(config.objective).log_keys)
+  record = objectives.get(config.objective)
+  return Steps(functools.partial(train_step, coupled=record.coupled, **kwargs),
+               functools.partial(eval_step, **kwargs), kwargs["corrupt"], record.log_keys)
