@@ -37,6 +37,7 @@ def tiny_config(objective: str = "ae", **dotted):
   c = config_lib.get_default()
   c.objective = objective
   set_fields(c, **{k.replace(".", "__"): v for k, v in TINY_MODEL.items()})
+  c.factor_vae.widths = (16, 16)  # FactorVAE's discriminator, small
   return set_fields(c, **dotted)
 
 

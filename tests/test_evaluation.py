@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ae_jax import data, evaluation, frechet, objectives, probes, train
+from ae_jax import config as config_lib
+from ae_jax import data, disentanglement, evaluation, frechet, objectives, probes, train
 from ae_jax.data import transforms
 from ae_jax.objectives import vae
 from conftest import REPO
@@ -170,6 +171,56 @@ def test_final_eval_reports_every_number_for_each_latent(objective, tmp_path, mo
   out = evaluation.final(model, state.params, cfg, ds, jax.random.key(0))
   assert out["final_examples"] == 12 and ("nll" not in out or out["nll_examples"] == 12)
   assert out["det_recon_mse"] == pytest.approx(float(np.mean((recon[:12] - test_x[:12]) ** 2)), rel=1e-5)
+
+
+def _pixel_factors() -> disentanglement.FactorData:
+  """Two factors of 8x8 images: which row holds a bright pixel (8) and how bright it is (4)."""
+  def observe(f_N2):
+    x = np.zeros((len(f_N2), 8, 8, 1), np.float32)
+    x[np.arange(len(f_N2)), f_N2[:, 0], 3, 0] = (f_N2[:, 1] + 1) / 4
+    return x
+  return disentanglement.FactorData((8, 4), observe, ("row", "brightness"))
+
+
+def test_final_eval_scores_disentanglement_for_a_source_with_factors():
+  cfg, model, state, _ = _setup("vae", **{"eval.factor_points": 80, "eval.factor_eval_points": 40,
+                                          "eval.factor_batch": 8, "eval.nll_samples": 2})
+  factors = _pixel_factors()
+  rng = np.random.default_rng(0)
+  x = factors.observe(factors.sample_factors(60, rng))
+  ds = data.Dataset(data.ArraySource(x[:40]), data.ArraySource(x[40:]), "pixels", factors)
+  out = evaluation.final(model, state.params, cfg, ds, jax.random.key(0))
+  keys = {"mig", "modularity", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness",
+          "beta_vae_eval_accuracy", "factor_vae_eval_accuracy"}
+  assert keys <= set(out) and out["factor_points"] == 80
+  direct = evaluation.factor_scores(model, state.params, factors, jax.random.fold_in(jax.random.key(0), 3),
+                                    cfg.eval)
+  assert {k: direct[k] for k in keys} == {k: out[k] for k in keys}  # deterministic given the eval key
+  other = evaluation.factor_scores(model, state.params, factors, jax.random.key(9), cfg.eval)
+  assert any(other[k] != out[k] for k in keys)
+  cfg.eval.factor_metrics = False
+  assert "mig" not in evaluation.final(model, state.params, cfg, ds, jax.random.key(0))
+
+
+def test_the_disentanglement_study_members_and_table():
+  from experiments import compare, configs  # pylint: disable=g-import-not-at-top
+  from experiments.configs import dsprites as study  # pylint: disable=g-import-not-at-top
+
+  objective = {}
+  for member, spec in configs.DISENTANGLEMENT.items():
+    assert spec == f"dsprites:{member}"
+    c = study.get_config(member)
+    config_lib.validate(c)
+    assert c.model.name == "conv64" and c.model.latent_dim == 10 and c.batch_size == 64 and c.eval.final
+    assert c.learning_rate == 1e-4 and c.data.source == "dsprites"
+    objective[member] = c.objective
+  assert objective["beta_vae_16"] == "vae" and study.get_config("beta_vae_16").vae.beta == 16.0
+  assert study.get_config("dip_vae_ii").dip_vae.kind == "ii" and len(set(objective.values())) == 5
+  with pytest.raises(ValueError, match="dsprites.py:factor_vea: expected one of beta_vae_1"):
+    study.get_config("factor_vea")
+  results = {m: {"objective": o, "mig": 0.1, "elbo": -90.0} for m, o in objective.items()}
+  table = compare.markdown(results, "a budget", "disentanglement")
+  assert table.count("\n| ") == 10 and "| factor_vae | factor_vae | - | - | 0.100 |" in table
 
 
 def test_compare_trains_members_and_writes_the_table(tmp_path):

@@ -65,11 +65,14 @@ def test_data_on_device_gives_the_same_steps(single, mode, k):
   np.testing.assert_allclose(losses, host[1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("objective,binarize,ema_scale", [("vae", True, False), ("vqvae", False, False),
-                                                           ("vae", False, True)])
+@pytest.mark.parametrize("objective,binarize,ema_scale", [
+    ("vae", True, False), ("vqvae", False, False), ("vae", False, True), ("beta_tcvae", True, False),
+    ("factor_vae", True, False), ("dip_vae", True, False), ("annealed_vae", True, False)])
 def test_wrappers_agree_for_the_vae_and_the_ema_vqvae(objective, binarize, ema_scale):
   # Latent samples and binarisation from fold_in keys per (step, global index); the EMA
-  # codebook's and the EMA scale's statistics summed over the devices.
+  # codebook's and the EMA scale's statistics summed over the devices; the batch statistics of
+  # the coupled objectives (β-TCVAE's q(z), DIP-VAE's covariance, AnnealedVAE's mean KL,
+  # FactorVAE's shuffles) over the global batch, gathered under pmap, with their gradients.
   runs = {mode: wrappers.train_steps(mode, tuple(jax.devices()[:1]) if mode == "jit" else
                                               tuple(jax.devices()), STEPS, BATCH, kind="none",
                                               objective=objective, binarize=binarize, ema_scale=ema_scale)

@@ -19,6 +19,7 @@ def config(objective: str = "ae", ema_scale: bool = False):
   c.model.filters, c.model.latent_dim = (8, 16), 8
   if objective == "vqvae":
     c.vq.ema_decay = 0.9  # its statistics are summed over the devices
+  c.factor_vae.widths = (32, 32)
   if ema_scale:  # its statistics too
     c.vae.likelihood, c.vae.scale_fit, c.vae.scale_decay = "discretized_gaussian", "ema", 0.5
   return c
