@@ -14,9 +14,10 @@ from conftest import REPO
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "experiments", "configs"))
                  if f.endswith(".py") and f != "__init__.py")
 # The image shape each config is for, and its parameter count there (docs/models.md lists them).
-SHAPES = {"resnet_ae_folder": (64, 64, 3), "kl_f8_vae_folder": (64, 64, 3), "vae_cifar10": (32, 32, 3)}
+SHAPES = {"resnet_ae_folder": (64, 64, 3), "kl_f8_vae_folder": (64, 64, 3), "vae_cifar10": (32, 32, 3),
+          "dsprites": (64, 64, 1)}
 PARAMS = {"ae_mnist": 178_001, "resnet_ae_folder": 13_833_799, "kl_f8_vae_folder": 83_604_622,
-          "vae_cifar10": 15_156_310}
+          "vae_cifar10": 15_156_310, "dsprites": 690_517}
 
 
 @pytest.mark.parametrize("name", CONFIGS)

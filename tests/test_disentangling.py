@@ -110,11 +110,13 @@ def test_factor_vae_gives_each_player_its_own_gradient_and_optimizer():
   disc = factor_vae.Discriminator((16, 16))
   loss_B, m, _ = fn(params, batch, key)
   _, _, z = _sample(model, params, batch, key)
-  logits = np.asarray(disc.apply({"params": params["discriminator"]}, jnp.asarray(z, jnp.float32)), np.float64)
+  logits = np.asarray(disc.apply({"params": params["discriminator"]}, jnp.asarray(z, jnp.float32)),
+                      np.float64)
   np.testing.assert_allclose(m["tc"], logits[:, 0] - logits[:, 1], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(m["vae_loss"], -np.asarray(m["log_px_z"]) + np.asarray(m["kl"]) + 3.0 * m["tc"],
                              rtol=1e-5)
-  np.testing.assert_allclose(loss_B, np.asarray(m["vae_loss"]) + np.asarray(m["discriminator_loss"]), rtol=1e-6)
+  np.testing.assert_allclose(loss_B, np.asarray(m["vae_loss"]) + np.asarray(m["discriminator_loss"]),
+                             rtol=1e-6)
 
   # The gradient of the sum: the model's is that of the VAE loss alone, the discriminator's that of its
   # own loss alone (z held fixed): each player sees only its own objective.

@@ -155,7 +155,8 @@ def test_factor_vae_with_two_optimizers_resumes_bit_identically(tmp_path, small_
   for name in ("split", "mid"):
     train.train_and_evaluate(_config(small_idx_dir, num_epochs=2, **family), str(tmp_path / name))
     runs.assert_same_run(tmp_path / "straight", tmp_path / name)
-  assert _run(tmp_path / "split")["resumed_from_step"] == 8 and _run(tmp_path / "mid")["resumed_from_step"] == 10
+  assert _run(tmp_path / "split")["resumed_from_step"] == 8
+  assert _run(tmp_path / "mid")["resumed_from_step"] == 10
   step, params = _params(tmp_path / "split")
   assert step == 16 and set(params["discriminator"]) == {"d1", "d2", "logits"}
   result = _eval(tmp_path / "split")
