@@ -212,7 +212,7 @@ def test_tfds_prepare_failures_are_one_line(monkeypatch, tmp_path, error, messag
 def test_unknown_source():
   with pytest.raises(ValueError,
                      match=r"^data.source='hub': expected one of \('tfds', 'idx', 'npz', 'embedded', "
-                           r"'folder', 'array_record'\)"):
+                           r"'folder', 'array_record', 'dsprites'\)"):
     data.load(_cfg(source="hub"))
 
 

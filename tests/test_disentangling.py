@@ -126,9 +126,9 @@ def test_factor_vae_gives_each_player_its_own_gradient_and_optimizer():
   def part(name):
     return lambda p: jnp.mean(fn(p, batch, key)[1][name])
 
-  g = jax.grad(total)(params)
-  g_vae = jax.grad(part("vae_loss"))(params)
-  g_disc = jax.grad(part("discriminator_loss"))(params)
+  g = jax.jit(jax.grad(total))(params)
+  g_vae = jax.jit(jax.grad(part("vae_loss")))(params)
+  g_disc = jax.jit(jax.grad(part("discriminator_loss")))(params)
   model_g = {k: v for k, v in g.items() if k != "discriminator"}
   chex.assert_trees_all_close(model_g, {k: v for k, v in g_vae.items() if k != "discriminator"}, rtol=1e-5)
   chex.assert_trees_all_close(g["discriminator"], g_disc["discriminator"], rtol=1e-5)
@@ -137,7 +137,8 @@ def test_factor_vae_gives_each_player_its_own_gradient_and_optimizer():
   # One train step: the model moves by Adam(1e-3), the discriminator by its own Adam(1e-4, 0.5, 0.9).
   new, _ = jax.jit(train.bind_steps(cfg, model).train)(state, batch, jax.random.key(4))
   _, objective_key = train.split_step_key(jax.random.fold_in(jax.random.key(4), 0))  # step 0's key
-  g = jax.grad(lambda p: jnp.mean(fn(p, {**batch, "step": jnp.asarray(0)}, objective_key)[0]))(params)
+  step0 = {**batch, "step": jnp.asarray(0)}
+  g = jax.jit(jax.grad(lambda p: jnp.mean(fn(p, step0, objective_key)[0])))(params)
   for name, tx in (("encoder", optax.adam(1e-3)), ("discriminator", optax.adam(1e-4, b1=0.5, b2=0.9))):
     updates, _ = tx.update(g[name], tx.init(params[name]))
     chex.assert_trees_all_close(new.params[name], optax.apply_updates(params[name], updates),

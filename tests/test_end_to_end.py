@@ -143,23 +143,20 @@ def test_denoising_vae_on_binarised_data_resumes_bit_identically(tmp_path, small
 
 def test_factor_vae_with_two_optimizers_resumes_bit_identically(tmp_path, small_idx_dir):
   # Two sets of params and two Adams in one state: the discriminator's moments resume with the model's,
-  # from an epoch boundary and from a mid-epoch checkpoint.
+  # from a mid-epoch checkpoint.
   family = {"objective": "factor_vae", "data.binarize": "dynamic", "model.latent_dim": 4,
             "factor_vae.widths": (32, 32), "factor_vae.gamma": 5.0}
   train.train_and_evaluate(_config(small_idx_dir, num_epochs=2, **family), str(tmp_path / "straight"))
-  train.train_and_evaluate(_config(small_idx_dir, num_epochs=1, **family), str(tmp_path / "split"))
   shutil.copytree(tmp_path / "straight", tmp_path / "mid")
   for s in os.listdir(tmp_path / "mid" / "checkpoints"):
     if s.isdigit() and int(s) > 10:
       shutil.rmtree(tmp_path / "mid" / "checkpoints" / s)
-  for name in ("split", "mid"):
-    train.train_and_evaluate(_config(small_idx_dir, num_epochs=2, **family), str(tmp_path / name))
-    runs.assert_same_run(tmp_path / "straight", tmp_path / name)
-  assert _run(tmp_path / "split")["resumed_from_step"] == 8
+  train.train_and_evaluate(_config(small_idx_dir, num_epochs=2, **family), str(tmp_path / "mid"))
+  runs.assert_same_run(tmp_path / "straight", tmp_path / "mid")
   assert _run(tmp_path / "mid")["resumed_from_step"] == 10
-  step, params = _params(tmp_path / "split")
+  step, params = _params(tmp_path / "mid")
   assert step == 16 and set(params["discriminator"]) == {"d1", "d2", "logits"}
-  result = _eval(tmp_path / "split")
+  result = _eval(tmp_path / "mid")
   assert 0 <= result["discriminator_accuracy"] <= 1 and np.isfinite(result["tc"])
 
 

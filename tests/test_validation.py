@@ -36,7 +36,7 @@ BAD_CONFIGS = [
     (dict(model__latent_dim=0), "model.latent_dim=0: expected a positive integer"),
     (dict(model__filters=(32, 0)), "model.filters=(32, 0): expected a non-empty tuple of positive"),
     (dict(data__source="hub"), "data.source='hub': expected one of ('tfds', 'idx', 'npz', 'embedded', "
-                               "'folder', 'array_record')"),
+                               "'folder', 'array_record', 'dsprites')"),
     (dict(data__source="idx"), "data.dir=None: data.source='idx' needs"),
     (dict(data__train_size=0), "data.train_size=0: expected None or a positive integer"),
     (dict(num_devices=0), "num_devices=0: expected None or a positive integer"),
