@@ -47,14 +47,14 @@ def _np_tc(z, mean, logvar, keep):
 def test_beta_tcvae_adds_beta_minus_one_times_the_minibatch_total_correlation():
   cfg, model, state, batch = _setup("beta_tcvae", **{"beta_tcvae.beta": 6.0})
   key = jax.random.key(3)
-  loss_B, m, _ = objectives.bind(cfg, model.apply)(state.params, batch, key)
+  loss_B, m, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, batch, key)
   mean, logvar, z = _sample(model, state.params, batch, key)
   tc = _np_tc(z, mean, logvar, range(B))
   np.testing.assert_allclose(m["tc_mws"], tc, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(loss_B, -np.asarray(m["log_px_z"]) + np.asarray(m["kl"]) + 5.0 * tc, rtol=1e-5)
   # In the eval, padding (mask False) is left out of q(z).
   masked = {**batch, "mask": np.array([1, 1, 1, 1, 0, 0], bool)}
-  _, mm, _ = objectives.bind(cfg, model.apply)(state.params, masked, key)
+  _, mm, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, masked, key)
   np.testing.assert_allclose(mm["tc_mws"], _np_tc(z, mean, logvar, range(4)), rtol=1e-4, atol=1e-4)
 
 
@@ -62,7 +62,7 @@ def test_beta_tcvae_adds_beta_minus_one_times_the_minibatch_total_correlation():
 def test_dip_regularizer_is_the_batch_covariance_penalty(kind):
   cfg, model, state, batch = _setup("dip_vae", **{"dip_vae.kind": kind, "dip_vae.lambda_od": 3.0})
   key = jax.random.key(3)
-  loss_B, m, _ = objectives.bind(cfg, model.apply)(state.params, batch, key)
+  loss_B, m, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, batch, key)
   mean, logvar, _ = _sample(model, state.params, batch, key)
   cov = np.cov(mean.T, bias=True)
   if kind == "ii":
@@ -78,7 +78,7 @@ def test_annealed_vae_pulls_the_batch_mean_kl_to_the_ramped_capacity():
   cfg, model, state, batch = _setup("annealed_vae", **{"annealed_vae.c_max": 20.0, "annealed_vae.gamma": 7.0,
                                                        "annealed_vae.ramp_steps": 10})
   key = jax.random.key(3)
-  loss_B, m, _ = objectives.bind(cfg, model.apply)(state.params, batch, key)
+  loss_B, m, _ = jax.jit(objectives.bind(cfg, model.apply))(state.params, batch, key)
   mean, logvar, _ = _sample(model, state.params, batch, key)
   kl = 0.5 * np.sum(mean**2 + np.exp(logvar) - 1 - logvar, axis=-1)
   np.testing.assert_allclose(m["kl"], kl, rtol=1e-5)
@@ -108,7 +108,7 @@ def test_factor_vae_gives_each_player_its_own_gradient_and_optimizer():
   params = state.params
   assert set(params["discriminator"]) == {"d1", "d2", "logits"}
   disc = factor_vae.Discriminator((16, 16))
-  loss_B, m, _ = fn(params, batch, key)
+  loss_B, m, _ = jax.jit(fn)(params, batch, key)
   _, _, z = _sample(model, params, batch, key)
   logits = np.asarray(disc.apply({"params": params["discriminator"]}, jnp.asarray(z, jnp.float32)),
                       np.float64)
@@ -120,15 +120,13 @@ def test_factor_vae_gives_each_player_its_own_gradient_and_optimizer():
 
   # The gradient of the sum: the model's is that of the VAE loss alone, the discriminator's that of its
   # own loss alone (z held fixed): each player sees only its own objective.
-  def total(p):
-    return jnp.mean(fn(p, batch, key)[0])
+  @jax.jit
+  def gradients(p, b, k):  # of the loss, of the VAE's part, of the discriminator's part (one compile)
+    def mean_of(name):
+      return lambda q: jnp.mean(fn(q, b, k)[0] if name == "loss" else fn(q, b, k)[1][name])
+    return [jax.grad(mean_of(name))(p) for name in ("loss", "vae_loss", "discriminator_loss")]
 
-  def part(name):
-    return lambda p: jnp.mean(fn(p, batch, key)[1][name])
-
-  g = jax.jit(jax.grad(total))(params)
-  g_vae = jax.jit(jax.grad(part("vae_loss")))(params)
-  g_disc = jax.jit(jax.grad(part("discriminator_loss")))(params)
+  g, g_vae, g_disc = gradients(params, batch, key)
   model_g = {k: v for k, v in g.items() if k != "discriminator"}
   chex.assert_trees_all_close(model_g, {k: v for k, v in g_vae.items() if k != "discriminator"}, rtol=1e-5)
   chex.assert_trees_all_close(g["discriminator"], g_disc["discriminator"], rtol=1e-5)
@@ -138,7 +136,7 @@ def test_factor_vae_gives_each_player_its_own_gradient_and_optimizer():
   new, _ = jax.jit(train.bind_steps(cfg, model).train)(state, batch, jax.random.key(4))
   _, objective_key = train.split_step_key(jax.random.fold_in(jax.random.key(4), 0))  # step 0's key
   step0 = {**batch, "step": jnp.asarray(0)}
-  g = jax.jit(jax.grad(lambda p: jnp.mean(fn(p, step0, objective_key)[0])))(params)
+  g = gradients(params, step0, objective_key)[0]
   for name, tx in (("encoder", optax.adam(1e-3)), ("discriminator", optax.adam(1e-4, b1=0.5, b2=0.9))):
     updates, _ = tx.update(g[name], tx.init(params[name]))
     chex.assert_trees_all_close(new.params[name], optax.apply_updates(params[name], updates),
