@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from ae_jax import fields
 from ae_jax.objectives import vae
-from ae_jax.objectives.objective import Objective, global_batch
+from ae_jax.objectives.objective import Objective, batch_weights, global_batch
 
 DIP_KINDS = ("i", "ii")
 _LOG_2PI = math.log(2 * math.pi)
@@ -46,11 +46,6 @@ ANNEALED_FIELDS = (
 )
 
 
-def _weights(batch: dict, b: int) -> jax.Array:
-  """1 for each example that counts in the batch's statistics (the eval's padding does not)."""
-  return jnp.ones((b,), jnp.float32) if "mask" not in batch else batch["mask"].astype(jnp.float32)
-
-
 def total_correlation(z_BD: jax.Array, mean_MD: jax.Array, logvar_MD: jax.Array,
                       weight_M: jax.Array) -> jax.Array:
   """Per example, log q(z) - sum_d log q(z_d) with q(z) ~ (1/M) sum_j q(z | x_j) over the batch's M
@@ -69,9 +64,8 @@ def beta_tcvae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str
   """β-TCVAE (Chen et al. 2018): loss_B = -log p(x|z) + KL + (beta - 1) TC, the total correlation of
   q(z) estimated per example against the global batch's posteriors."""
   s = vae.one_sample(params, batch, key, apply_fn=apply_fn, likelihood=likelihood, scale=scale)
-  mean_MD, _ = global_batch(s.mean_BD, axis_name)
-  logvar_MD, _ = global_batch(s.logvar_BD, axis_name)
-  weight_M, _ = global_batch(_weights(batch, len(s.z_BD)), axis_name)
+  local = (s.mean_BD, s.logvar_BD, batch_weights(batch, len(s.z_BD)))
+  (mean_MD, logvar_MD, weight_M), _ = global_batch(local, axis_name)
   tc_B = total_correlation(s.z_BD, mean_MD, logvar_MD, weight_M)
   loss_B = -s.log_px_z_B + s.kl_B + (beta - 1.0) * tc_B
   return (loss_B, {**vae.elbo_metrics(s, loss_B, likelihood, batch["image"]), "tc_mws": tc_B},
@@ -97,9 +91,8 @@ def dip_vae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str, s
   """DIP-VAE-I/II (Kumar et al. 2018): loss_B = -log p(x|z) + KL + the global batch's DIP regulariser
   (one number, added to each example's loss so that their mean is the objective)."""
   s = vae.one_sample(params, batch, key, apply_fn=apply_fn, likelihood=likelihood, scale=scale)
-  mean_MD, _ = global_batch(s.mean_BD, axis_name)
-  logvar_MD, _ = global_batch(s.logvar_BD, axis_name)
-  weight_M, _ = global_batch(_weights(batch, len(s.z_BD)), axis_name)
+  local = (s.mean_BD, s.logvar_BD, batch_weights(batch, len(s.z_BD)))
+  (mean_MD, logvar_MD, weight_M), _ = global_batch(local, axis_name)
   dip_B = jnp.broadcast_to(dip_regularizer(mean_MD, logvar_MD, weight_M, kind, lambda_od, lambda_d),
                            s.kl_B.shape)
   loss_B = -s.log_px_z_B + s.kl_B + dip_B
@@ -119,8 +112,7 @@ def annealed_vae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: s
   """AnnealedVAE (Burgess et al. 2018): loss = -log p(x|z) + gamma |KL - C|, the capacity C ramped
   from 0 to c_max; the KL is the global batch's mean, as disentanglement_lib has it."""
   s = vae.one_sample(params, batch, key, apply_fn=apply_fn, likelihood=likelihood, scale=scale)
-  kl_M, _ = global_batch(s.kl_B, axis_name)
-  weight_M, _ = global_batch(_weights(batch, len(s.z_BD)), axis_name)
+  (kl_M, weight_M), _ = global_batch((s.kl_B, batch_weights(batch, len(s.z_BD))), axis_name)
   mean_kl = jnp.sum(weight_M * kl_M) / jnp.sum(weight_M)
   penalty_B = jnp.broadcast_to(gamma * jnp.abs(mean_kl - capacity(c_max, ramp_steps, batch.get("step"))),
                                s.kl_B.shape)

@@ -24,7 +24,7 @@ import optax
 
 from ae_jax import fields
 from ae_jax.objectives import vae
-from ae_jax.objectives.objective import Objective, global_batch
+from ae_jax.objectives.objective import Objective, batch_weights, global_batch
 
 PERMUTE_STREAM = 2**32 - 1  # the shuffles' key: fold_in(key, this); examples use fold_in(key, index)
 
@@ -82,10 +82,7 @@ def factor_vae(params, batch: dict, key: jax.Array, *, apply_fn, likelihood: str
   vae_loss_B = -s.log_px_z_B + s.kl_B + gamma * tc_B
 
   z_B = jax.lax.stop_gradient(s.z_BD)
-  weight_B = (jnp.ones(z_B.shape[:1], jnp.float32) if "mask" not in batch
-              else batch["mask"].astype(jnp.float32))
-  z_MD, offset = global_batch(z_B, axis_name)
-  weight_M, _ = global_batch(weight_B, axis_name)
+  (z_MD, weight_M), offset = global_batch((z_B, batch_weights(batch, len(z_B))), axis_name)
   shuffled_MD = permute_dims(z_MD, jax.random.fold_in(key, PERMUTE_STREAM), weight_M)
   shuffled_BD = jax.lax.dynamic_slice_in_dim(shuffled_MD, offset, len(z_B))
   real = jax.nn.log_softmax(disc.apply({"params": d_params}, z_B))[:, 0]

@@ -4,6 +4,7 @@ from collections.abc import Callable
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -70,10 +71,16 @@ def per_example_keys(key: jax.Array, position_B: jax.Array) -> jax.Array:
   return jax.vmap(jax.random.fold_in, (None, 0))(key, position_B)
 
 
-def global_batch(x_B: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array | int]:
-  """(x over the global batch, the offset of this device's examples in it): under pmap gathered
-  from every device (differentiably: the gradient flows back to the examples' own devices); else
-  x itself, offset 0."""
+def global_batch(tree_B, axis_name: str | None) -> tuple:
+  """(tree_B's arrays over the global batch, the offset of this device's examples in them): under pmap
+  gathered from every device in one collective (differentiably: the gradient flows back to the
+  examples' own devices); else tree_B itself, offset 0."""
   if axis_name is None:
-    return x_B, 0
-  return jax.lax.all_gather(x_B, axis_name, tiled=True), jax.lax.axis_index(axis_name) * x_B.shape[0]
+    return tree_B, 0
+  b = jax.tree.leaves(tree_B)[0].shape[0]
+  return jax.lax.all_gather(tree_B, axis_name, tiled=True), jax.lax.axis_index(axis_name) * b
+
+
+def batch_weights(batch: dict, b: int) -> jax.Array:
+  """1 for each of the b examples that count in a batch's statistics (the eval's padding does not)."""
+  return jnp.ones((b,), jnp.float32) if "mask" not in batch else batch["mask"].astype(jnp.float32)
