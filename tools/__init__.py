@@ -17,3 +17,12 @@ def matmul_gflops(n: int = 2048) -> float:
     mm(a, a).block_until_ready()
     rates.append(2 * n**3 / (time.perf_counter() - t) / 1e9)
   return statistics.median(rates)
+
+
+def reference_model(**model_fields):
+  """The reference AE on MNIST-sized images, with model fields overridden."""
+  from ae_jax import config as config_lib
+  from ae_jax import train
+  cfg = config_lib.get_default()
+  cfg.model.update(model_fields)
+  return train.build_model(cfg, (28, 28, 1))

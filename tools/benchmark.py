@@ -52,11 +52,7 @@ def emit(record: dict) -> None:
   print(json.dumps(record), flush=True)
 
 
-def reference_model(**model_fields) -> models.Autoencoder:
-  """The reference AE on MNIST-sized images, with model fields overridden."""
-  cfg = config_lib.get_default()
-  cfg.model.update(model_fields)
-  return train.build_model(cfg, (28, 28, 1))
+reference_model = tools.reference_model
 
 
 def train_flops_per_image(model: models.Autoencoder) -> float:

@@ -107,8 +107,7 @@ def run_setting(setting: str) -> None:
 
   from ae_jax.models import layers
   import tools
-  from tools.benchmark import reference_model
-  model, batch = reference_model(), _BATCH.value
+  model, batch = tools.reference_model(), _BATCH.value
   print(json.dumps({"setting": setting, "matmul_gflops": round(tools.matmul_gflops(), 1),
                     "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": sorted(os.sched_getaffinity(0)),
                     "batch": batch, "jax": jax.__version__}), flush=True)
@@ -163,7 +162,7 @@ def table(records: list[dict]) -> str:
 
 def main(argv):
   del argv
-  from ae_jax import layers
+  from ae_jax.models import layers
   for impl in _IMPLS.value or ():
     if impl not in layers.IMPLS:
       raise app.UsageError(f"--impls: {impl!r}: expected one of {layers.IMPLS}")

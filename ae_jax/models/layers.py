@@ -26,7 +26,9 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-IMPLS = ("xla", "subpixel", "matmul", "mixed")
+from ae_jax.models import onednn
+
+IMPLS = ("xla", "subpixel", "matmul", "mixed", "onednn")
 
 # Per-backend conv implementation for conv_impl='auto', from
 # `python -m tools.benchmark` (numbers in tools/BENCHMARKS.md). On the 2-core
@@ -219,11 +221,14 @@ class SubpixelConvTranspose(nn.Module):
 
 
 def conv(impl: str, features: int, kernel_size, strides, name: str, dtype=None) -> nn.Module:
-  """A SAME-padded conv: 'matmul' gives Conv (im2col), the others nn.Conv."""
+  """A SAME-padded conv: 'matmul' gives Conv (im2col), 'onednn' onednn.Conv, the others nn.Conv."""
   impl = resolve(impl)
   if impl not in IMPLS:
     raise ValueError(f"conv_impl={impl!r}: expected one of {IMPLS} or 'auto'")
-  cls = Conv if impl == "matmul" else functools.partial(nn.Conv, padding="SAME")
+  if impl == "onednn":
+    cls = onednn.Conv
+  else:
+    cls = Conv if impl == "matmul" else functools.partial(nn.Conv, padding="SAME")
   return cls(features, _pair(kernel_size), strides=_pair(strides), dtype=dtype, name=name)
 
 
@@ -233,12 +238,14 @@ def conv_transpose(impl: str, features: int, kernel_size, strides, name: str | N
   'subpixel' SubpixelConvTranspose when strided (a stride-1 one is a plain conv already);
   'mixed' SubpixelConvTranspose(mixed=True) when strided, else ConvTranspose (the
   reference's 1-channel output conv: 3.5 ms forward and both gradients as col2im
-  against 12.6 as XLA's conv at batch 128, tools/BENCHMARKS.md)."""
+  against 12.6 as XLA's conv at batch 128, tools/BENCHMARKS.md); 'onednn' onednn.ConvTranspose."""
   impl = resolve(impl)
   if impl not in IMPLS:
     raise ValueError(f"conv_impl={impl!r}: expected one of {IMPLS} or 'auto'")
   strided = _pair(strides) != (1, 1)
-  if impl == "mixed" and strided:
+  if impl == "onednn":
+    cls = onednn.ConvTranspose
+  elif impl == "mixed" and strided:
     cls = functools.partial(SubpixelConvTranspose, mixed=True)
   elif impl == "subpixel" and strided:
     cls = SubpixelConvTranspose
