@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ae_jax import models
-from ae_jax.models import layers
+from ae_jax.models import layers, onednn
 import oracle
 
 # (H, W, C_in, C_out, kernel, stride): the reference model's layers, then odd shapes.
@@ -37,18 +37,19 @@ def _check_same(ref: nn.Module, fast: nn.Module, x):
   assert _max_rel(g_ref, g_fast) < 1e-5
 
 
+@pytest.mark.parametrize("impl", [layers.Conv, onednn.Conv])
 @pytest.mark.parametrize("h,w,cin,cout,k,s", SHAPES)
-def test_conv_matches_nn_conv(h, w, cin, cout, k, s):
+def test_conv_matches_nn_conv(impl, h, w, cin, cout, k, s):
   x = jax.random.uniform(jax.random.key(2), (2, h, w, cin))
-  _check_same(nn.Conv(cout, (k, k), strides=s, padding="SAME"), layers.Conv(cout, (k, k), strides=s), x)
+  _check_same(nn.Conv(cout, (k, k), strides=s, padding="SAME"), impl(cout, (k, k), strides=(s, s)), x)
 
 
-@pytest.mark.parametrize("impl", [layers.ConvTranspose, layers.SubpixelConvTranspose])
+@pytest.mark.parametrize("impl", [layers.ConvTranspose, layers.SubpixelConvTranspose, onednn.ConvTranspose])
 @pytest.mark.parametrize("h,w,cin,cout,k,s", SHAPES)
 def test_conv_transpose_matches_nn_conv_transpose(impl, h, w, cin, cout, k, s):
   x = jax.random.uniform(jax.random.key(2), (2, h, w, cin))
   _check_same(nn.ConvTranspose(cout, (k, k), strides=(s, s), padding="SAME"),
-              impl(cout, (k, k), strides=s), x)
+              impl(cout, (k, k), strides=(s, s)), x)
 
 
 # 'mixed' (a custom_vjp) only serves strided transposed convs: the reference's two, then odd ones.
@@ -59,7 +60,7 @@ def test_mixed_conv_transpose_matches_nn_conv_transpose(h, w, cin, cout, k, s):
               layers.SubpixelConvTranspose(cout, (k, k), strides=s, mixed=True), x)
 
 
-@pytest.mark.parametrize("impl", ["subpixel", "matmul", "mixed"])
+@pytest.mark.parametrize("impl", ["subpixel", "matmul", "mixed", "onednn"])
 def test_autoencoder_impls_load_the_same_params_and_agree(impl):
   x = jax.random.uniform(jax.random.key(3), (4, 28, 28, 1))
   ref, fast = oracle.reference(conv_impl="xla"), oracle.reference(conv_impl=impl)
@@ -75,7 +76,7 @@ def test_autoencoder_impls_load_the_same_params_and_agree(impl):
 
 
 def test_auto_resolves_per_backend():
-  assert layers.resolve("auto", "cpu") == "mixed"
+  assert layers.resolve("auto", "cpu") == "onednn"  # the install built the extension
   assert layers.resolve("auto", "gpu") == layers.resolve("auto", "tpu") == "xla"
   assert layers.resolve("matmul", "cpu") == "matmul"
   with pytest.raises(ValueError, match=r"conv_impl='winograd': expected one of"):

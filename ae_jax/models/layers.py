@@ -31,14 +31,16 @@ from ae_jax.models import onednn
 IMPLS = ("xla", "subpixel", "matmul", "mixed", "onednn")
 
 # Per-backend conv implementation for conv_impl='auto', from
-# `python -m tools.benchmark` (numbers in tools/BENCHMARKS.md). On the 2-core
-# XLA:CPU machine, reference AE train step at batch 128 / 32 (images/s, one invocation,
-# 2026-11-25): subpixel 2,959 / 2,565, mixed 3,137 / 2,881; earlier: xla 347 / 360,
-# matmul 600 / 1,860. The XLA path spends ~270 of ~370 ms of a batch-128 step in the
-# kernel gradients of the two stride-2 transposed convs (a dilated convolution);
-# 'subpixel' turns them into stride-1 convs, 'mixed' also keeps XLA's faster input
-# gradient and runs the 1-channel output conv as col2im (`python -m tools.conv_ops`).
-# GPU/TPU: XLA's own conv (cuDNN, TPU convs) has no such slow path, so 'xla' is kept there.
+# `python -m tools.benchmark` and `python -m tools.conv_ops` (numbers in tools/BENCHMARKS.md).
+# CPU: 'onednn' wherever its extension loads. Reference AE train step on the 2-core machine,
+# one invocation (2026-12-01): onednn 2,195 / 2,087 images/s at batch 128 / 32 against
+# mixed's 808 / 1,283; oneDNN runs every conv of the reference but the 1-channel ones at
+# 2-10x XLA's rate. Without it, 'mixed' (2026-11-25: 3,137 / 2,881 against xla's 347 / 360):
+# XLA spends ~270 of ~370 ms of a batch-128 step in the kernel gradients of the two
+# stride-2 transposed convs (a dilated convolution); 'subpixel' turns them into stride-1
+# convs, 'mixed' also keeps XLA's faster input gradient and runs the 1-channel output conv
+# as col2im. GPU/TPU: XLA's own conv (cuDNN, TPU convs) has no such slow path, so 'xla'
+# is kept there ('onednn' is a CPU kernel and cannot run there).
 AUTO_CONV_IMPL = {"cpu": "mixed"}
 
 
@@ -46,7 +48,10 @@ def resolve(conv_impl: str, platform: str | None = None) -> str:
   """'auto' -> the measured choice for `platform` (default: JAX's default backend)."""
   if conv_impl != "auto":
     return conv_impl
-  return AUTO_CONV_IMPL.get(platform or jax.default_backend(), "xla")
+  platform = platform or jax.default_backend()
+  if platform == "cpu" and onednn.loads():
+    return "onednn"
+  return AUTO_CONV_IMPL.get(platform, "xla")
 
 
 def _pair(v) -> tuple[int, int]:

@@ -19,7 +19,6 @@ TensorFlow (the Keras reference) calls oneDNN for every convolution.
 import ctypes
 import functools
 import importlib.metadata
-import importlib.resources
 import os
 from typing import Any, NamedTuple
 
@@ -35,24 +34,32 @@ _TARGET = "ae_jax_onednn_{}"
 @functools.cache
 def _extension() -> tuple[Any, str | None]:
   """(the extension module, None), or (None, why it cannot be used here)."""
-  not_built = importlib.resources.files("ae_jax.models") / "onednn_not_built.txt"
-  if not_built.is_file():
-    return None, f"the install did not build it ({not_built.read_text().strip()})"
   try:
     lib = next(f for f in importlib.metadata.files("onednn-cpu-gomp") or () if f.name == "libdnnl.so.3")
   except (importlib.metadata.PackageNotFoundError, StopIteration):
-    return None, "the oneDNN wheel (onednn-cpu-gomp) is not installed"
-  # A GNU OpenMP team spins ~0.2 s after each call by default, which takes a core from
-  # XLA's own threads; a user's OMP_WAIT_POLICY still wins. Read when libgomp loads.
+    return None, "the oneDNN wheel (onednn-cpu-gomp, Linux x86-64 only) is not installed"
+  # A GNU OpenMP team spins after each call by default, which takes a core from XLA's
+  # own threads; a user's OMP_WAIT_POLICY still wins. Read once, when libgomp loads.
   os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   try:
     ctypes.CDLL(str(lib.locate()), mode=ctypes.RTLD_GLOBAL)  # the extension's NEEDED libdnnl.so.3
     from ae_jax.models import _onednn_conv
-  except (ImportError, OSError) as e:
-    return None, f"the extension does not load ({e})"
+  except ImportError as e:
+    try:
+      from ae_jax.models._onednn_build import REASON
+      return None, f"the install did not build the extension ({REASON})"
+    except ImportError:
+      return None, f"the extension is not installed ({e}); install ae_jax with pip"
+  except OSError as e:
+    return None, f"the oneDNN library does not load ({e})"
   for name, capsule in _onednn_conv.handlers().items():
     jax.ffi.register_ffi_target(_TARGET.format(name), capsule, platform="cpu")
   return _onednn_conv, None
+
+
+def loads() -> bool:
+  """Whether the extension and its oneDNN library load in this process."""
+  return _extension()[1] is None
 
 
 def unavailable_reason() -> str | None:
@@ -142,8 +149,10 @@ def conv(x_BHWC, w_HWIO, g: Geometry):
   return _forward(x_BHWC, w_HWIO, g)
 
 
+# Each fwd rule calls its own custom_vjp function, not the FFI call, so that a derivative
+# of the VJP (grad of grad) differentiates these functions again instead of the raw call.
 def _conv_fwd(x, w, g):
-  return _forward(x, w, g), (x, w)
+  return conv(x, w, g), (x, w)
 
 
 def _conv_bwd(g, res, dy):
@@ -161,7 +170,7 @@ def conv_data_grad(dy_BHWC, w_HWIO, g: Geometry, x_hw: tuple[int, int]):
 
 
 def _data_fwd(dy, w, g, x_hw):
-  return _backward_data(dy, w, g, x_hw), (dy, w)
+  return conv_data_grad(dy, w, g, x_hw), (dy, w)
 
 
 def _data_bwd(g, x_hw, res, dx):
@@ -179,7 +188,7 @@ def conv_kernel_grad(x_BHWC, dy_BHWC, g: Geometry, k_hw: tuple[int, int]):
 
 
 def _kernel_fwd(x, dy, g, k_hw):
-  return _backward_weights(x, dy, g, k_hw), (x, dy)
+  return conv_kernel_grad(x, dy, g, k_hw), (x, dy)
 
 
 def _kernel_bwd(g, k_hw, res, dw):
@@ -200,22 +209,23 @@ def _same_conv_geometry(hw, k_hw, strides) -> Geometry:
   return Geometry(tuple(strides), tuple(lo), tuple(hi))
 
 
-def _same_transpose_geometry(hw, k_hw, strides) -> Geometry:
-  """The conv whose input gradient is lax.conv_transpose(..., 'SAME', transpose_kernel=False).
+def _same_transpose_geometry(hw, k_hw, strides) -> tuple[Geometry, tuple[int, int]]:
+  """The conv whose input gradient is lax.conv_transpose(..., 'SAME', transpose_kernel=False),
+  and how many trailing output rows/cols it leaves at zero.
 
   That transpose correlates the s-dilated input, padded pad_a in front, with the kernel;
   backward-data scatters with the flipped kernel, so its conv pads k-1-pad_a in front and
-  whatever makes the conv of the s*h output come back to h behind.
+  whatever brings the conv of the s*h output back to h behind. Where that is negative (a
+  kernel smaller than its stride) the conv never reads the last rows: they stay zero.
   """
-  lo, hi = [], []
+  lo, hi, crop = [], [], []
   for size, k, s in zip(hw, k_hw, strides):
     pad_a = k - 1 if s > k - 1 else -(-(k + s - 2) // 2)
     lo.append(k - 1 - pad_a)
-    hi.append((size - 1) * s + k - size * s - lo[-1])
-  if min(lo + hi) < 0:
-    raise ValueError(f"conv_impl='onednn': a transposed conv with kernel {tuple(k_hw)} smaller than its "
-                     f"strides {tuple(strides)} is not supported; use 'mixed' or 'xla'")
-  return Geometry(tuple(strides), tuple(lo), tuple(hi))
+    behind = (size - 1) * s + k - size * s - lo[-1]
+    hi.append(max(behind, 0))
+    crop.append(max(-behind, 0))
+  return Geometry(tuple(strides), tuple(lo), tuple(hi)), tuple(crop)
 
 
 def conv_same(x_BHWC, kernel_HWIO, strides):
@@ -226,9 +236,10 @@ def conv_same(x_BHWC, kernel_HWIO, strides):
 def conv_transpose_same(x_BHWC, kernel_HWIO, strides):
   """nn.ConvTranspose(padding='SAME') on oneDNN: backward-data of the conv it transposes."""
   hw = x_BHWC.shape[1:3]
-  g = _same_transpose_geometry(hw, kernel_HWIO.shape[:2], strides)
+  g, (crop_h, crop_w) = _same_transpose_geometry(hw, kernel_HWIO.shape[:2], strides)
   w = jnp.flip(kernel_HWIO, (0, 1)).swapaxes(2, 3)
-  return conv_data_grad(x_BHWC, w, g, (hw[0] * strides[0], hw[1] * strides[1]))
+  y = conv_data_grad(x_BHWC, w, g, (hw[0] * strides[0] - crop_h, hw[1] * strides[1] - crop_w))
+  return jnp.pad(y, ((0, 0), (0, crop_h), (0, crop_w), (0, 0))) if crop_h or crop_w else y
 
 
 class _Layer(nn.Module):
