@@ -5,11 +5,16 @@
 //
 // Activations stay in XLA's NHWC buffers (no copies); the kernel is reordered to the
 // layout the chosen oneDNN implementation wants (a few KiB to a few MiB per call).
-// Primitives are built once per shape and kept for the life of the process.
+// Primitives are built once per shape and kept for the life of the process. XLA may run
+// several calls at once (one per device of a pmap or mesh, or independent ops of one
+// program), so each call brings its own scratchpad: the oneDNN wheel is built without
+// concurrent-execution support, and its library-managed scratchpad is shared.
 
 #include <omp.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -64,7 +69,27 @@ struct Entry {
   bool reorder_needed = false;
   dnnl::reorder reorder;  // hwio -> conv layout (forward, backward-data), or back (backward-weights)
   std::string impl;       // oneDNN's name for the implementation it chose
+  memory::desc scratchpad, reorder_scratchpad;
 };
+
+// This thread's scratchpad, grown to the largest any call on it has needed.
+void* Scratchpad(size_t bytes) {
+  struct Free { void operator()(void* p) const { std::free(p); } };
+  thread_local std::unique_ptr<void, Free> buffer;
+  thread_local size_t capacity = 0;
+  if (bytes > capacity) {
+    capacity = (bytes + 4095) / 4096 * 4096;
+    buffer.reset(std::aligned_alloc(4096, capacity));
+    if (!buffer) capacity = 0;
+  }
+  return buffer.get();
+}
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
 
 std::mutex g_mutex;
 std::map<Key, std::unique_ptr<Entry>> g_cache;
@@ -82,7 +107,7 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, memory:
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       memory::desc(g.src(), dt, tag::nhwc), memory::desc(g.wei(), dt, tag::any),
-      memory::desc(g.dst(), dt, tag::nhwc), g.strides(), g.pad_lo(), g.pad_hi());
+      memory::desc(g.dst(), dt, tag::nhwc), g.strides(), g.pad_lo(), g.pad_hi(), UserScratchpad());
 }
 
 Entry* Lookup(Kind kind, const Geometry& g, memory::data_type dt) {
@@ -98,28 +123,33 @@ Entry* Lookup(Kind kind, const Geometry& g, memory::data_type dt) {
     entry->conv = dnnl::convolution_forward(fwd);
     entry->wei_conv = fwd.weights_desc();
     entry->impl = fwd.impl_info_str();
+    entry->scratchpad = fwd.scratchpad_desc();
   } else if (kind == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, memory::desc(g.src(), dt, tag::nhwc),
         memory::desc(g.wei(), dt, tag::any), memory::desc(g.dst(), dt, tag::nhwc), g.strides(),
-        g.pad_lo(), g.pad_hi(), fwd);
+        g.pad_lo(), g.pad_hi(), fwd, UserScratchpad());
     entry->conv = dnnl::convolution_backward_data(pd);
     entry->wei_conv = pd.weights_desc();
     entry->impl = pd.impl_info_str();
+    entry->scratchpad = pd.scratchpad_desc();
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, memory::desc(g.src(), dt, tag::nhwc),
         memory::desc(g.wei(), dt, tag::any), memory::desc(g.dst(), dt, tag::nhwc), g.strides(),
-        g.pad_lo(), g.pad_hi(), fwd);
+        g.pad_lo(), g.pad_hi(), fwd, UserScratchpad());
     entry->conv = dnnl::convolution_backward_weights(pd);
     entry->wei_conv = pd.diff_weights_desc();
     entry->impl = pd.impl_info_str();
+    entry->scratchpad = pd.scratchpad_desc();
   }
   entry->reorder_needed = entry->wei_conv != entry->wei_user;
   if (entry->reorder_needed) {
-    entry->reorder = kind == kBackwardWeights
-        ? dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), entry->wei_conv, Engine(), entry->wei_user))
-        : dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), entry->wei_user, Engine(), entry->wei_conv));
+    auto pd = kind == kBackwardWeights
+        ? dnnl::reorder::primitive_desc(Engine(), entry->wei_conv, Engine(), entry->wei_user, UserScratchpad())
+        : dnnl::reorder::primitive_desc(Engine(), entry->wei_user, Engine(), entry->wei_conv, UserScratchpad());
+    entry->reorder = dnnl::reorder(pd);
+    entry->reorder_scratchpad = pd.scratchpad_desc();
   }
   return g_cache.emplace(key, std::move(entry)).first->second.get();
 }
@@ -154,17 +184,30 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer::Dimensions src_d, void* src, ffi::AnyB
     memory dst_m(memory::desc(g.dst(), dt, tag::nhwc), eng, dst);
     memory wei_user(entry->wei_user, eng, wei);
     memory wei_conv = entry->reorder_needed ? memory(entry->wei_conv, eng) : wei_user;
+    // The reorder and the conv run one after the other, so they share one buffer.
+    size_t bytes = std::max(entry->scratchpad.get_size(), entry->reorder_scratchpad.get_size());
+    void* scratch = Scratchpad(bytes);
+    if (bytes > 0 && scratch == nullptr) {
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted, "oneDNN: no memory for the scratchpad");
+    }
+    memory scratch_m(entry->scratchpad, eng, scratch);
+    memory reorder_scratch_m(entry->reorder_scratchpad, eng, scratch);
+    auto reorder = [&](memory& from, memory& to) {
+      entry->reorder.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                      {DNNL_ARG_SCRATCHPAD, reorder_scratch_m}});
+    };
     if (kind == kForward) {
-      if (entry->reorder_needed) entry->reorder.execute(stream, wei_user, wei_conv);
-      entry->conv.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv}, {DNNL_ARG_DST, dst_m}});
+      if (entry->reorder_needed) reorder(wei_user, wei_conv);
+      entry->conv.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv}, {DNNL_ARG_DST, dst_m},
+                                   {DNNL_ARG_SCRATCHPAD, scratch_m}});
     } else if (kind == kBackwardData) {
-      if (entry->reorder_needed) entry->reorder.execute(stream, wei_user, wei_conv);
+      if (entry->reorder_needed) reorder(wei_user, wei_conv);
       entry->conv.execute(stream, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv},
-                                   {DNNL_ARG_DIFF_DST, dst_m}});
+                                   {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
     } else {
       entry->conv.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, wei_conv},
-                                   {DNNL_ARG_DIFF_DST, dst_m}});
-      if (entry->reorder_needed) entry->reorder.execute(stream, wei_conv, wei_user);
+                                   {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
+      if (entry->reorder_needed) reorder(wei_conv, wei_user);
     }
     stream.wait();
   } catch (const dnnl::error& e) {
