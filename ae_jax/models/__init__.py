@@ -13,11 +13,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from ae_jax import fields, parallel
-from ae_jax.models import conv64, heads, layers, reference, resnet
+from ae_jax.models import conv64, heads, layers, onednn, reference, resnet
 from ae_jax.models.autoencoder import OUTPUTS, Architecture, Autoencoder, compute_dtype, padded_shape
 from ae_jax.models.heads import LATENTS, Head
 
 DTYPES = ("float32", "bfloat16")
+
+
+def _conv_impl_expected() -> str:
+  reason = onednn.unavailable_reason()
+  return f"one of {('auto', *layers.IMPLS)}" + (f"; 'onednn' is not available here: {reason}" if reason else "")
 ARCHITECTURES: dict[str, Architecture] = {"reference": reference.ARCHITECTURE, "resnet": resnet.ARCHITECTURE,
                                           "conv64": conv64.ARCHITECTURE}
 
@@ -35,8 +40,11 @@ FIELDS = (
                  "output back"),
     fields.Field("model.output", "probabilities", fields.one_of(*OUTPUTS), fields.ALLOW,
                  "what the model's __call__ returns; losses always use logits"),
-    fields.Field("model.conv_impl", "auto", fields.one_of("auto", *layers.IMPLS), fields.FREE,
-                 "same params and numerics, different speed; `auto`: per backend (layers.resolve)"),
+    fields.Field("model.conv_impl", "auto", fields.Check(
+        lambda v: v in ("auto", *layers.IMPLS) and (v != "onednn" or onednn.unavailable_reason() is None),
+        _conv_impl_expected), fields.FREE,
+                 "same params and numerics, different speed; `auto`: per backend (layers.resolve): `onednn` "
+                 "on CPU where its extension loads, else `mixed`; `xla` on GPU/TPU"),
     fields.Field("model.dtype", "float32", fields.one_of(*DTYPES), fields.ALLOW,
                  "compute dtype; params and optimizer state stay float32"),
     fields.Field("model.shard", 1, fields.POSITIVE, fields.FREE,

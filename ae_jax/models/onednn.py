@@ -94,7 +94,9 @@ def _ffi(name: str, out: jax.ShapeDtypeStruct, a, b, g: Geometry):
   check_available()  # loads the extension and registers its handlers, once
   (sh, sw), (plh, plw), (phh, phw) = g
   ints = {k: np.int64(v) for k, v in dict(sh=sh, sw=sw, plh=plh, plw=plw, phh=phh, phw=phw).items()}
-  return jax.ffi.ffi_call(_TARGET.format(name), out)(a, b, **ints)
+  # 'sequential' (a loop) serves any vmap that _batched's rule does not see: one that reaches
+  # the call through a derivative (jax.jacrev vmaps the pullback), where custom_vmap drops out.
+  return jax.ffi.ffi_call(_TARGET.format(name), out, vmap_method="sequential")(a, b, **ints)
 
 
 def _batched(call, fold: int | None):
