@@ -22,7 +22,10 @@ DTYPES = ("float32", "bfloat16")
 
 def _conv_impl_expected() -> str:
   reason = onednn.unavailable_reason()
-  return f"one of {('auto', *layers.IMPLS)}" + (f"; 'onednn' is not available here: {reason}" if reason else "")
+  why = f"; 'onednn' is not available here: {reason}" if reason else ""
+  return f"one of {('auto', *layers.IMPLS)}{why}"
+
+
 ARCHITECTURES: dict[str, Architecture] = {"reference": reference.ARCHITECTURE, "resnet": resnet.ARCHITECTURE,
                                           "conv64": conv64.ARCHITECTURE}
 

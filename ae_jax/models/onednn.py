@@ -52,6 +52,10 @@ def _extension() -> tuple[Any, str | None]:
       return None, f"the extension is not installed ({e}); install ae_jax with pip"
   except OSError as e:
     return None, f"the oneDNN library does not load ({e})"
+  # One OpenMP team per call, as wide as the CPUs this process may use: the calling XLA
+  # thread is its first member, so XLA's pool and the team share the cores.
+  if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
+    _onednn_conv.set_num_threads(len(os.sched_getaffinity(0)))
   for name, capsule in _onednn_conv.handlers().items():
     jax.ffi.register_ffi_target(_TARGET.format(name), capsule, platform="cpu")
   return _onednn_conv, None
@@ -244,6 +248,29 @@ def conv_transpose_same(x_BHWC, kernel_HWIO, strides):
   return jnp.pad(y, ((0, 0), (0, crop_h), (0, crop_w), (0, 0))) if crop_h or crop_w else y
 
 
+@jax.custom_vjp
+def add_bias(y_BHWC, bias_C):
+  """y + bias, whose bias gradient is one matmul with a ones vector.
+
+  In the reference step XLA:CPU ran the bias gradients as windowed reductions of the
+  relu-masked output gradient: 5.9 + 1.8 of 53 ms at batch 128 (`python -m
+  tools.profile_step --conv_impl=onednn`).
+  """
+  return y_BHWC + bias_C
+
+
+def _add_bias_fwd(y, bias):
+  return y + bias, None
+
+
+def _add_bias_bwd(_, dy):
+  flat = dy.reshape(-1, dy.shape[-1])
+  return dy, jnp.ones((flat.shape[0],), dy.dtype) @ flat
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 class _Layer(nn.Module):
   """The params of nn.Conv / nn.ConvTranspose (SAME padding), created in their order."""
 
@@ -260,11 +287,12 @@ class _Layer(nn.Module):
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     check_available()
     kh, kw = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, x_BHWC.shape[-1], self.features), self.param_dtype)
+    shape = (kh, kw, x_BHWC.shape[-1], self.features)
+    kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
     fn = conv_transpose_same if self.transpose else conv_same
-    return fn(x, kernel, tuple(self.strides)) + bias
+    return add_bias(fn(x, kernel, tuple(self.strides)), bias)
 
 
 class Conv(_Layer):
