@@ -13,7 +13,7 @@ import oracle
 # (H, W, C_in, C_out, kernel, stride): the reference model's layers, then odd shapes.
 SHAPES = [(28, 28, 1, 32, 3, 2), (14, 14, 32, 64, 3, 2), (7, 7, 64, 64, 3, 2), (14, 14, 64, 32, 3, 2),
           (28, 28, 32, 1, 3, 1), (9, 10, 3, 5, 3, 2), (8, 8, 4, 6, 4, 2), (5, 7, 2, 3, 5, 3),
-          (6, 6, 2, 3, 1, 2)]
+          (6, 6, 2, 3, 1, 2), (6, 7, 3, 1, 4, 1)]
 
 
 def _max_rel(a, b) -> float:

@@ -33,10 +33,10 @@ IMPLS = ("xla", "subpixel", "matmul", "mixed", "onednn")
 # Per-backend conv implementation for conv_impl='auto', from
 # `python -m tools.benchmark` and `python -m tools.conv_ops` (numbers in tools/BENCHMARKS.md).
 # CPU: 'onednn' wherever its extension loads. On the 2-core machine, one invocation
-# (2026-12-01): reference AE training 2,120 / 1,729 images/s at batch 128 / 32 against
-# mixed's 1,199 / 1,172 (Keras 2,217 / 1,728); eval ~10% slower than mixed (6,117 / 5,063
-# against 6,936 / 5,441: the 1-channel transposed conv's forward, 3.8 ms against col2im's
-# 1.0 in `tools.conv_ops`). Without it, 'mixed' (2026-11-25: 3,137 / 2,881 against xla's 347 / 360):
+# (2026-12-01, `python -m tools.benchmark --models=ae --impls=mixed,onednn --keras`):
+# reference AE training 2,361 / 1,849 images/s at batch 128 / 32 against mixed's 1,153 /
+# 1,159 and Keras's 2,114 / 1,750; eval 6,750 / 6,083 against mixed's 6,911 / 5,473.
+# Without it, 'mixed' (2026-11-25: 3,137 / 2,881 against xla's 347 / 360):
 # XLA spends ~270 of ~370 ms of a batch-128 step in the kernel gradients of the two
 # stride-2 transposed convs (a dilated convolution); 'subpixel' turns them into stride-1
 # convs, 'mixed' also keeps XLA's faster input gradient and runs the 1-channel output conv

@@ -239,13 +239,53 @@ def conv_same(x_BHWC, kernel_HWIO, strides):
   return conv(x_BHWC, kernel_HWIO, _same_conv_geometry(x_BHWC.shape[1:3], kernel_HWIO.shape[:2], strides))
 
 
-def conv_transpose_same(x_BHWC, kernel_HWIO, strides):
-  """nn.ConvTranspose(padding='SAME') on oneDNN: backward-data of the conv it transposes."""
+def _onednn_conv_transpose_same(x_BHWC, kernel_HWIO, strides):
   hw = x_BHWC.shape[1:3]
   g, (crop_h, crop_w) = _same_transpose_geometry(hw, kernel_HWIO.shape[:2], strides)
   w = jnp.flip(kernel_HWIO, (0, 1)).swapaxes(2, 3)
   y = conv_data_grad(x_BHWC, w, g, (hw[0] * strides[0] - crop_h, hw[1] * strides[1] - crop_w))
   return jnp.pad(y, ((0, 0), (0, crop_h), (0, crop_w), (0, 0))) if crop_h or crop_w else y
+
+
+def _col2im_one_channel(x_BHWC, kernel_HWIO):
+  """A stride-1 SAME transposed conv to one channel: one matmul, then the k*k taps'
+  shifted sums (a correlation of the input with the kernel, padded pad_a in front)."""
+  kh, kw, c_in, _ = kernel_HWIO.shape
+  b, h, w, _ = x_BHWC.shape
+  z = (x_BHWC @ kernel_HWIO.reshape(kh * kw, c_in).T).reshape(b, h, w, kh, kw)
+  lo_h, lo_w = -(-(kh - 1) // 2), -(-(kw - 1) // 2)
+  zp = jnp.pad(z, ((0, 0), (lo_h, kh - 1 - lo_h), (lo_w, kw - 1 - lo_w), (0, 0), (0, 0)))
+  return sum(zp[:, i:i + h, j:j + w, i, j] for i in range(kh) for j in range(kw))[..., None]
+
+
+@jax.custom_vjp
+def _one_channel_transpose(x_BHWC, kernel_HWIO):
+  """The forward as col2im, the gradients on oneDNN.
+
+  oneDNN vectorises along channels, so with one output channel its forward ran at 15
+  GFLOP/s (3.8 ms at batch 128) where col2im runs at 56; its gradients run at 89-100.
+  """
+  return _col2im_one_channel(x_BHWC, kernel_HWIO)
+
+
+def _one_channel_fwd(x, kernel):
+  return _one_channel_transpose(x, kernel), (x, kernel)
+
+
+def _one_channel_bwd(res, dy):
+  x, kernel = res
+  return jax.vjp(lambda x, k: _onednn_conv_transpose_same(x, k, (1, 1)), x, kernel)[1](dy)
+
+
+_one_channel_transpose.defvjp(_one_channel_fwd, _one_channel_bwd)
+
+
+def conv_transpose_same(x_BHWC, kernel_HWIO, strides):
+  """nn.ConvTranspose(padding='SAME') on oneDNN: backward-data of the conv it transposes
+  (a stride-1 one to one channel runs its forward as col2im)."""
+  if tuple(strides) == (1, 1) and kernel_HWIO.shape[-1] == 1:
+    return _one_channel_transpose(x_BHWC, kernel_HWIO)
+  return _onednn_conv_transpose_same(x_BHWC, kernel_HWIO, strides)
 
 
 @jax.custom_vjp
