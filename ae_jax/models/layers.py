@@ -26,7 +26,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from ae_jax.models import onednn
+from ae_jax.models import onednn, padding
 
 IMPLS = ("xla", "subpixel", "matmul", "mixed", "onednn")
 
@@ -59,18 +59,6 @@ def _pair(v) -> tuple[int, int]:
   return (int(v), int(v)) if isinstance(v, int) else tuple(int(d) for d in v)
 
 
-def _same_conv_padding(size: int, k: int, s: int) -> tuple[int, int, int]:
-  """(pad_lo, pad_hi, out) of lax's SAME padding for a strided convolution."""
-  out = -(-size // s)
-  total = max((out - 1) * s + k - size, 0)
-  return total // 2, total - total // 2, out
-
-
-def _same_transpose_padding(k: int, s: int) -> int:
-  """pad_lo of lax.conv_transpose's SAME padding on the stride-dilated input."""
-  return k - 1 if s > k - 1 else -(-(k + s - 2) // 2)
-
-
 class Conv(nn.Module):
   """nn.Conv(features, kernel_size, strides, padding='SAME') as im2col + one matmul."""
 
@@ -90,8 +78,8 @@ class Conv(nn.Module):
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
     _, h, w, _ = x.shape
-    h_lo, h_hi, h_out = _same_conv_padding(h, kh, sh)
-    w_lo, w_hi, w_out = _same_conv_padding(w, kw, sw)
+    h_lo, h_hi, h_out = padding.same_conv(h, kh, sh)
+    w_lo, w_hi, w_out = padding.same_conv(w, kw, sw)
     xp = jnp.pad(x, ((0, 0), (h_lo, h_hi), (w_lo, w_hi), (0, 0)))
     # Tap (i, j) of output (y, x) reads input (y*s + i, x*s + j): one strided slice per tap.
     taps = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (h_out - 1) * sh + 1,
@@ -122,7 +110,7 @@ class ConvTranspose(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
     # lax.conv_transpose (transpose_kernel=False) correlates the s-dilated, padded input
     # with the kernel, so input i reaches output y = s*i + pad_lo - t through tap t.
-    h_lo, w_lo = _same_transpose_padding(kh, sh), _same_transpose_padding(kw, sw)
+    h_lo, w_lo = padding.same_transpose_lo(kh, sh), padding.same_transpose_lo(kw, sw)
     h_out, w_out = h * sh, w * sw
     z = x @ jnp.moveaxis(kernel, 2, 0).reshape(c_in, kh * kw * self.features)
     z = z.reshape(b, h, w, kh, kw, self.features)
@@ -148,8 +136,8 @@ def _subpixel_conv_transpose(x, kernel, strides: tuple[int, int]) -> jax.Array:
   # Output s*i + r reads input i + d through tap t where d = (r + t - pad_lo) / s.
   def taps(k, s, pad_lo):
     return [(r, t, (r + t - pad_lo) // s) for r in range(s) for t in range(k) if (r + t - pad_lo) % s == 0]
-  th = taps(kh, sh, _same_transpose_padding(kh, sh))
-  tw = taps(kw, sw, _same_transpose_padding(kw, sw))
+  th = taps(kh, sh, padding.same_transpose_lo(kh, sh))
+  tw = taps(kw, sw, padding.same_transpose_lo(kw, sw))
   phases = []
   for rh in range(sh):
     for rw in range(sw):

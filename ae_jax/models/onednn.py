@@ -28,6 +28,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from ae_jax.models import padding
+
 _TARGET = "ae_jax_onednn_{}"
 
 
@@ -207,12 +209,8 @@ conv_kernel_grad.defvjp(_kernel_fwd, _kernel_bwd)
 
 def _same_conv_geometry(hw, k_hw, strides) -> Geometry:
   """lax's SAME padding for a strided conv."""
-  lo, hi = [], []
-  for size, k, s in zip(hw, k_hw, strides):
-    total = max((-(-size // s) - 1) * s + k - size, 0)
-    lo.append(total // 2)
-    hi.append(total - total // 2)
-  return Geometry(tuple(strides), tuple(lo), tuple(hi))
+  (lo_h, hi_h, _), (lo_w, hi_w, _) = (padding.same_conv(n, k, s) for n, k, s in zip(hw, k_hw, strides))
+  return Geometry(tuple(strides), (lo_h, lo_w), (hi_h, hi_w))
 
 
 def _same_transpose_geometry(hw, k_hw, strides) -> tuple[Geometry, tuple[int, int]]:
@@ -226,8 +224,7 @@ def _same_transpose_geometry(hw, k_hw, strides) -> tuple[Geometry, tuple[int, in
   """
   lo, hi, crop = [], [], []
   for size, k, s in zip(hw, k_hw, strides):
-    pad_a = k - 1 if s > k - 1 else -(-(k + s - 2) // 2)
-    lo.append(k - 1 - pad_a)
+    lo.append(k - 1 - padding.same_transpose_lo(k, s))
     behind = (size - 1) * s + k - size * s - lo[-1]
     hi.append(max(behind, 0))
     crop.append(max(-behind, 0))
@@ -253,7 +250,7 @@ def _col2im_one_channel(x_BHWC, kernel_HWIO):
   kh, kw, c_in, _ = kernel_HWIO.shape
   b, h, w, _ = x_BHWC.shape
   z = (x_BHWC @ kernel_HWIO.reshape(kh * kw, c_in).T).reshape(b, h, w, kh, kw)
-  lo_h, lo_w = -(-(kh - 1) // 2), -(-(kw - 1) // 2)
+  lo_h, lo_w = padding.same_transpose_lo(kh, 1), padding.same_transpose_lo(kw, 1)
   zp = jnp.pad(z, ((0, 0), (lo_h, kh - 1 - lo_h), (lo_w, kw - 1 - lo_w), (0, 0), (0, 0)))
   return sum(zp[:, i:i + h, j:j + w, i, j] for i in range(kh) for j in range(kw))[..., None]
 
