@@ -13,6 +13,7 @@ import sys
 import time
 
 import orbax.checkpoint as ocp
+import pytest
 
 from ae_jax import metrics
 
@@ -85,6 +86,14 @@ def wait(started, timeout: float = 240) -> list[tuple[int, str]]:
     logs = "\n".join(open(log).read()[-2000:] for _, log in started)
     raise Hung(f"a process hung past {timeout} s and was killed:\n{logs}") from None
   return [(p.returncode, open(log).read()) for p, log in started]
+
+
+def wait_or_fail(started, timeout: float = 240) -> list[tuple[int, str]]:
+  """wait(), failing the calling test (not erroring it) when a process hangs."""
+  try:
+    return wait(started, timeout)
+  except Hung as e:
+    pytest.fail(str(e))
 
 
 def check(results) -> None:
