@@ -3,6 +3,7 @@
 import json
 import os
 import queue
+import sys
 
 from absl import logging
 import jax
@@ -58,6 +59,24 @@ def read_jsonl(path: str, *, drop_truncated_tail: bool = False) -> list[dict]:
   return [upgrade_eval(r) if r.get("kind") == "eval" else r for r in records]
 
 
+def _summary_writer():
+  """tensorboardX.SummaryWriter, imported without PyTorch.
+
+  tensorboardX's writer imports torch whenever it is installed, only to accept torch tensors;
+  the Writer logs Python floats, and the import costs ~3 s per run (before the first step) in
+  an environment with torch. A torch the process has already imported is left as it is.
+  """
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]  # a later `import torch` imports it as usual
+  return SummaryWriter
+
+
 class Writer:
   """Appends records to WORKDIR/metrics.jsonl and WORKDIR/tensorboard.
 
@@ -67,7 +86,7 @@ class Writer:
   """
 
   def __init__(self, workdir: str, resume_step: int = 0, kept: list[dict] = ()):
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    SummaryWriter = _summary_writer()  # pylint: disable=invalid-name
 
     self.path = os.path.join(workdir, "metrics.jsonl")
     _write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept if r["step"] <= resume_step))

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +20,37 @@ def test_resume_rewrites_metrics_jsonl_whole(tmp_path):
   metrics.Writer(str(tmp_path), resume_step=2, kept=kept).close()  # step 3 is redone
   assert [r["step"] for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2]
   assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+_WRITE_THEN_IMPORT_TORCH = """
+import os, sys
+from ae_jax import metrics
+w = metrics.Writer(sys.argv[1])
+w.write(1, "train", {"loss": 0.5})
+w.close()
+print("after the writer:", "torch" in sys.modules, os.path.exists(os.environ["TORCH_MARK"]))
+import torch
+print("then:", torch.__file__)
+"""
+
+
+def test_the_writer_leaves_torch_unimported_and_a_later_import_finds_it(tmp_path):
+  # A package named torch that records its import (tensorboardX imports the real one, ~3 s,
+  # whenever it is installed).
+  (tmp_path / "site" / "torch").mkdir(parents=True)
+  (tmp_path / "site" / "torch" / "__init__.py").write_text(
+      "import os\nopen(os.environ['TORCH_MARK'], 'w').close()\nTensor = type('Tensor', (), {})\n")
+  mark = tmp_path / "torch_imported"
+  (tmp_path / "w").mkdir()
+  path = os.pathsep.join([str(tmp_path / "site"), *filter(None, [os.environ.get("PYTHONPATH")])])
+  out = subprocess.run([sys.executable, "-c", _WRITE_THEN_IMPORT_TORCH, str(tmp_path / "w")], text=True,
+                       capture_output=True, env={**os.environ, "PYTHONPATH": path, "TORCH_MARK": str(mark)})
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert lines[0] == "after the writer: False False", out.stdout
+  assert lines[1] == f"then: {tmp_path / 'site' / 'torch' / '__init__.py'}" and mark.exists()
+  assert [r["loss"] for r in metrics.read_jsonl(str(tmp_path / "w" / "metrics.jsonl"))] == [0.5]
+  assert os.listdir(tmp_path / "w" / "tensorboard")  # the events file
 
 
 def test_a_cut_last_line_is_dropped_only_when_asked_and_a_bad_middle_line_is_named(tmp_path):
