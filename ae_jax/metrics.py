@@ -66,14 +66,14 @@ def _summary_writer():
   the Writer logs Python floats, and the import costs ~3 s per run (before the first step) in
   an environment with torch. A torch the process has already imported is left as it is.
   """
-  if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    return SummaryWriter
-  sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
   try:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   finally:
-    del sys.modules["torch"]  # a later `import torch` imports it as usual
+    if blocked:
+      del sys.modules["torch"]  # a later `import torch` imports it as usual
   return SummaryWriter
 
 

@@ -26,7 +26,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from ae_jax.models import onednn, padding
+from ae_jax.models import col2im, onednn, padding
 
 IMPLS = ("xla", "subpixel", "matmul", "mixed", "onednn")
 
@@ -104,28 +104,11 @@ class ConvTranspose(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     (kh, kw), (sh, sw) = _pair(self.kernel_size), _pair(self.strides)
-    b, h, w, c_in = x_BHWC.shape
+    c_in = x_BHWC.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features), self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
-    # lax.conv_transpose (transpose_kernel=False) correlates the s-dilated, padded input
-    # with the kernel, so input i reaches output y = s*i + pad_lo - t through tap t.
-    h_lo, w_lo = padding.same_transpose_lo(kh, sh), padding.same_transpose_lo(kw, sw)
-    h_out, w_out = h * sh, w * sw
-    z = x @ jnp.moveaxis(kernel, 2, 0).reshape(c_in, kh * kw * self.features)
-    z = z.reshape(b, h, w, kh, kw, self.features)
-    y = None
-    for i in range(kh):
-      for j in range(kw):
-        # Interior padding s-1 spreads the inputs s apart; negative edge padding crops.
-        lo_h, lo_w = h_lo - i, w_lo - j
-        placed = lax.pad(z[:, :, :, i, j, :], jnp.zeros((), z.dtype), (
-            (0, 0, 0),
-            (lo_h, h_out - (h - 1) * sh - 1 - lo_h, sh - 1),
-            (lo_w, w_out - (w - 1) * sw - 1 - lo_w, sw - 1),
-            (0, 0, 0)))
-        y = placed if y is None else y + placed
-    return y + bias
+    return col2im.conv_transpose_same(x, kernel, (sh, sw)) + bias
 
 
 def _subpixel_conv_transpose(x, kernel, strides: tuple[int, int]) -> jax.Array:

@@ -28,7 +28,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax.models import padding
+from ae_jax.models import col2im, padding
 
 _TARGET = "ae_jax_onednn_{}"
 
@@ -244,17 +244,6 @@ def _onednn_conv_transpose_same(x_BHWC, kernel_HWIO, strides):
   return jnp.pad(y, ((0, 0), (0, crop_h), (0, crop_w), (0, 0))) if crop_h or crop_w else y
 
 
-def _col2im_one_channel(x_BHWC, kernel_HWIO):
-  """A stride-1 SAME transposed conv to one channel: one matmul, then the k*k taps'
-  shifted sums (a correlation of the input with the kernel, padded pad_a in front)."""
-  kh, kw, c_in, _ = kernel_HWIO.shape
-  b, h, w, _ = x_BHWC.shape
-  z = (x_BHWC @ kernel_HWIO.reshape(kh * kw, c_in).T).reshape(b, h, w, kh, kw)
-  lo_h, lo_w = padding.same_transpose_lo(kh, 1), padding.same_transpose_lo(kw, 1)
-  zp = jnp.pad(z, ((0, 0), (lo_h, kh - 1 - lo_h), (lo_w, kw - 1 - lo_w), (0, 0), (0, 0)))
-  return sum(zp[:, i:i + h, j:j + w, i, j] for i in range(kh) for j in range(kw))[..., None]
-
-
 @jax.custom_vjp
 def _one_channel_transpose(x_BHWC, kernel_HWIO):
   """The forward as col2im, the gradients on oneDNN.
@@ -262,7 +251,7 @@ def _one_channel_transpose(x_BHWC, kernel_HWIO):
   oneDNN vectorises along channels, so with one output channel its forward ran at 15
   GFLOP/s (3.8 ms at batch 128) where col2im runs at 56; its gradients run at 89-100.
   """
-  return _col2im_one_channel(x_BHWC, kernel_HWIO)
+  return col2im.conv_transpose_same(x_BHWC, kernel_HWIO, (1, 1))
 
 
 def _one_channel_fwd(x, kernel):
